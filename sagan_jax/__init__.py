@@ -1,0 +1,1 @@
+"""sagan_jax: Self-Attention GAN experiments in JAX and Flax."""

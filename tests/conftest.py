@@ -1,0 +1,11 @@
+"""Test session set-up: four host CPU devices, so data-parallel code is exercised.
+
+XLA reads the flag once, when jax first initialises its backends, so it is set here
+before any test module imports jax. Single-device tests build their own one-device mesh.
+"""
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+).strip()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
