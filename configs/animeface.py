@@ -1,0 +1,45 @@
+"""AnimeFace Character Dataset at 96 px, conditional on 176 characters (../shared/SEED.md).
+
+The original: SAGAN with attention at 24x24, batch 128, G 5e-5 / D 2e-4 (no further
+scaling), D:G 1:1, 250 epochs. Its finding: images look clean but SAGAN collapsed per class
+(interpolating z within a class returns the same image); SNGAN with D:G = 5:1 did not.
+`sngan` gives that comparison run: no attention, 5 D steps per G step.
+
+The data is a class-per-folder image tree (the dataset's `thumb/` folder): set
+--config.data.path. Training length assumes its 14,490 images: 14,490 // 128 = 113 steps
+per epoch, 250 epochs = 28,250 steps (override --config.train.num_steps for other copies).
+
+  python -m sagan_jax.main --config=configs/animeface.py \\
+      --config.data.path=/data/animeface-character-dataset/thumb --workdir=/tmp/animeface
+  python -m sagan_jax.main --config=configs/animeface.py:sngan --config.data.path=... --workdir=...
+"""
+from configs import common
+
+NUM_TRAIN = 14_490
+NUM_CLASSES = 176
+
+
+def get_config(arg=None):
+    """`arg`: optional 'sngan' and/or 'test'."""
+    args = common.parse_arg(arg, {"sngan": bool, "test": bool})
+    c = common.get_base_config()
+    c.data.name = "animeface"
+    c.data.image_size = 96
+    c.model.resolution = 96
+    # Attention at 24x24: after G's third block, after D's first non-optimized block.
+    c.model.g_attention = c.model.d_attention = (24,)
+    c.optim.g_lr, c.optim.d_lr = 5e-5, 2e-4
+    c.train.batch_size = 128
+    epoch = NUM_TRAIN // c.train.batch_size
+    c.train.num_steps = common.steps_for(250, NUM_TRAIN, c.train.batch_size)
+    if args.get("sngan"):
+        c.model.g_attention = c.model.d_attention = ()
+        c.schedule.n_dis = 5
+    c.log.sample_every_steps = epoch
+    c.log.grid_classes = 16
+    c.checkpoint.every_steps = 5 * epoch
+    c.eval.every_steps = 5 * epoch
+    c.eval.num_samples, c.eval.splits = 10_000, 1
+    if args.get("test"):
+        common.make_test_variant(c)
+    return c
