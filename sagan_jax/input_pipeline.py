@@ -1,0 +1,200 @@
+"""Global training batches, sharded over the data mesh, from datasets held in memory.
+
+Each dataset is decoded and resized once (`data_sources`); batches are then gathered in numpy:
+epoch `e` visits this process's examples in the order of a permutation drawn from
+`np.random.default_rng([seed, e])`, the incomplete last batch of an epoch is dropped (as in the
+original, shared/SEED.md), and the local batch becomes this process's part of a global
+`jax.Array` sharded on the batch axis. Batch `k` is a pure function of `(seed, k)`, so a
+resumed run (`iterator(start_step=k)`) gets the batches of an unbroken one without decoding
+the `k` before, and a background thread prepares the next batches while the device trains.
+"""
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+from typing import Iterator
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh
+
+from sagan_jax import data_sources, parallel
+
+KNOWN_DATASETS = data_sources.KNOWN_DATASETS
+Batch = dict[str, np.ndarray]
+
+
+def to_float(images: np.ndarray) -> np.ndarray:
+    """uint8 [0, 255] -> float32 [-1, 1] (0 and 255 map exactly to -1 and 1)."""
+    out = images.astype(np.float32)
+    out /= 127.5
+    out -= 1.0
+    return out
+
+
+class Dataset:
+    """This process's examples, and the batches the trainer and the evaluator read.
+
+    Attributes:
+      num_classes: label classes (0 for unlabelled data).
+      image_size: height = width of the images.
+      channels: 1 or 3.
+      num_examples: examples over all processes.
+      steps_per_epoch: global batches in one pass (the incomplete last one is dropped).
+      local_batch_size: this process's examples of each global batch.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, num_classes: int,
+                 global_batch_size: int, seed: int, mesh: Mesh, prefetch: int = 2,
+                 process_count: int = 1):
+        """Wraps decoded examples.
+
+        Args:
+          images: uint8 (N, size, size, channels), this process's examples.
+          labels: int32 (N,).
+          num_classes: label classes (0 = unlabelled).
+          global_batch_size: examples per step over all devices.
+          seed: shuffling seed.
+          mesh: the data mesh the batches are sharded over.
+          prefetch: batches prepared ahead in a background thread (0 = none).
+          process_count: processes sharing the mesh (each holds as many examples).
+
+        Raises:
+          ValueError: a batch the mesh cannot split, or larger than the dataset.
+        """
+        parallel.check_divisible(global_batch_size, mesh)
+        self._images, self._labels = images, labels
+        self._seed, self._prefetch = seed, prefetch
+        self._sharding = parallel.batch_sharding(mesh)
+        self._cached_permutation = (None, None)
+        local_devices = sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
+        self.local_batch_size = global_batch_size * local_devices // mesh.devices.size
+        self.num_classes = num_classes
+        self.image_size, self.channels = images.shape[1], images.shape[3]
+        self.num_examples = len(images) * process_count
+        self.steps_per_epoch = len(images) // self.local_batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"batch size {global_batch_size} is larger than the dataset "
+                f"({self.num_examples} examples); lower --config.train.batch_size.")
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        cached_epoch, permutation = self._cached_permutation
+        if cached_epoch != epoch:
+            permutation = np.random.default_rng([self._seed, epoch]).permutation(len(self._images))
+            self._cached_permutation = (epoch, permutation)
+        return permutation
+
+    def host_batch(self, step: int) -> Batch:
+        """This process's part of global batch `step`, in numpy (float32 images in [-1, 1])."""
+        epoch, position = divmod(step, self.steps_per_epoch)
+        start = position * self.local_batch_size
+        index = self._permutation(epoch)[start:start + self.local_batch_size]
+        return {"image": to_float(self._images[index]), "label": self._labels[index]}
+
+    def global_batch(self, step: int) -> dict[str, jax.Array]:
+        """Global batch `step` as `jax.Array`s sharded on the batch axis over the mesh."""
+        return {k: jax.make_array_from_process_local_data(self._sharding, v)
+                for k, v in self.host_batch(step).items()}
+
+    def iterator(self, start_step: int = 0) -> Iterator[dict[str, jax.Array]]:
+        """Global batches `start_step`, `start_step + 1`, ... forever.
+
+        Args:
+          start_step: the first batch (a resumed run passes the steps already done).
+
+        Returns:
+          An iterator of {'image': float32 (B, H, W, C) in [-1, 1], 'label': int32 (B,)},
+          sharded on the batch axis; `close()` it to stop its background thread early.
+        """
+        if self._prefetch <= 0:
+            return (self.global_batch(step) for step in itertools.count(start_step))
+        return _Prefetcher(self.global_batch, start_step, self._prefetch)
+
+    def eval_iterator(self, batch_size: int) -> Iterator[Batch]:
+        """One pass over this process's examples, in order, in numpy; the last may be short."""
+        for start in range(0, len(self._images), batch_size):
+            yield {"image": to_float(self._images[start:start + batch_size]),
+                   "label": self._labels[start:start + batch_size]}
+
+
+def create_dataset(data_cfg: ml_collections.ConfigDict, global_batch_size: int, seed: int,
+                   mesh: Mesh | None = None) -> Dataset:
+    """Loads the dataset named by `data_cfg.name` for training on `mesh`.
+
+    Args:
+      data_cfg: the config's `data` section (name, image_size, channels, path, data_dir,
+        manual_dir, variant, resize, prefetch).
+      global_batch_size: examples per step over all devices.
+      seed: shuffling seed; the same seed gives the same batches.
+      mesh: the data mesh (default: all devices).
+
+    Returns:
+      The dataset, decoded into memory.
+
+    Raises:
+      ValueError, FileNotFoundError, ConnectionError: bad settings or data, one line each.
+    """
+    mesh = parallel.create_mesh() if mesh is None else mesh
+    parallel.check_divisible(global_batch_size, mesh)
+    examples = data_sources.load_examples(data_cfg, jax.process_index(), jax.process_count())
+    return Dataset(examples.images, examples.labels, examples.num_classes, global_batch_size,
+                   seed, mesh, data_cfg.get("prefetch", 2), jax.process_count())
+
+
+class _Failure:
+    """An exception raised while preparing a batch, handed to the consumer to re-raise."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+def _fill(make_batch, start: int, out: queue.Queue, stop: threading.Event) -> None:
+    """Producer loop of `_Prefetcher` (holds no reference to it, so it can be collected)."""
+    step = start
+    while not stop.is_set():
+        try:
+            item = make_batch(step)
+        except Exception as error:  # pylint: disable=broad-except
+            item = _Failure(error)
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                break
+            except queue.Full:
+                continue
+        if isinstance(item, _Failure):
+            return
+        step += 1
+
+
+class _Prefetcher:
+    """Iterates `make_batch(start), make_batch(start + 1), ...`, `depth` batches ahead."""
+
+    def __init__(self, make_batch, start: int, depth: int):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._failure: _Failure | None = None
+        self._thread = threading.Thread(target=_fill, daemon=True, name="input_pipeline",
+                                        args=(make_batch, start, self._queue, self._stop))
+        self._thread.start()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._failure is None:
+            item = self._queue.get()
+            if not isinstance(item, _Failure):
+                return item
+            self._failure = item
+        raise self._failure.error
+
+    def close(self) -> None:
+        """Stops the background thread (it exits within 0.1 s)."""
+        self._stop.set()
+
+    def __del__(self):
+        self.close()

@@ -1,0 +1,245 @@
+"""Input pipeline: digits and TFDS sources, batching, determinism, resume and sharding.
+
+References are independent of the code under test: scikit-learn's raw digits, TFDS's own
+(mocked) examples, and Pillow's float resize (which matches `tf.image.resize` with
+antialiasing to ~1e-3 of a grey level).
+"""
+import jax
+import ml_collections
+import numpy as np
+import pytest
+import requests
+import tensorflow_datasets as tfds
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from sagan_jax import data_sources, input_pipeline, parallel
+
+
+def data_config(**overrides) -> ml_collections.ConfigDict:
+    cfg = dict(name="digits", image_size=16, channels=1, path="", data_dir="", manual_dir="",
+               variant="", resize="bilinear", prefetch=2)
+    cfg.update(overrides)
+    return ml_collections.ConfigDict(cfg)
+
+
+def mesh_of(n: int):
+    return parallel.create_mesh(jax.devices()[:n])
+
+
+def pil_resize(image: np.ndarray, size: int) -> np.ndarray:
+    """Central square, then Pillow's float bilinear resize per channel, rounded to uint8 levels."""
+    height, width = image.shape[:2]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    crop = image[top:top + side, left:left + side].astype(np.float32)
+    channels = [np.asarray(Image.fromarray(np.ascontiguousarray(crop[..., c])).resize(
+        (size, size), Image.BILINEAR)) for c in range(crop.shape[-1])]
+    return np.clip(np.round(np.stack(channels, -1)), 0, 255)
+
+
+def all_examples(ds) -> tuple[np.ndarray, np.ndarray]:
+    batches = list(ds.eval_iterator(500))
+    return (np.concatenate([b["image"] for b in batches]),
+            np.concatenate([b["label"] for b in batches]))
+
+
+def indexed_dataset(n: int, batch: int, mesh, seed: int = 0, prefetch: int = 2):
+    """A Dataset whose example i carries i in its first two pixels (i < 65536)."""
+    images = np.zeros((n, 4, 4, 3), np.uint8)
+    images[:, 0, 0, 0], images[:, 0, 1, 0] = np.arange(n) % 256, np.arange(n) // 256
+    labels = (np.arange(n) % 7).astype(np.int32)
+    return input_pipeline.Dataset(images, labels, 7, batch, seed, mesh, prefetch)
+
+
+def example_ids(images) -> np.ndarray:
+    levels = np.rint((np.asarray(images) + 1.0) * 127.5).astype(np.int64)
+    return levels[:, 0, 0, 0] + 256 * levels[:, 0, 1, 0]
+
+
+@pytest.fixture(scope="module")
+def digits16():
+    return input_pipeline.create_dataset(data_config(), 64, seed=0, mesh=mesh_of(1))
+
+
+def test_digits_are_the_real_1797_images(digits16):
+    images, labels = all_examples(digits16)
+    raw = load_digits()
+    assert (digits16.num_examples, digits16.num_classes) == (1797, 10)
+    assert (digits16.image_size, digits16.channels) == (16, 1)
+    assert images.shape == (1797, 16, 16, 1) and images.dtype == np.float32
+    assert labels.dtype == np.int32
+    np.testing.assert_array_equal(labels, raw.target)
+    np.testing.assert_array_equal(np.bincount(labels), np.bincount(raw.target))
+    assert np.bincount(labels).min() >= 174 and np.bincount(labels).max() <= 183
+    assert images.min() == -1.0 and images.max() == 1.0
+    reference = np.stack([pil_resize(x[..., None] * 255 / 16, 16) for x in raw.images])
+    diff = np.abs((images + 1) * 127.5 - reference)
+    assert diff.max() <= 1.0 + 1e-4 and diff.mean() < 0.01
+
+
+def test_digits_native_size_maps_0_16_onto_minus1_1():
+    ds = input_pipeline.create_dataset(data_config(image_size=8), 64, seed=0, mesh=mesh_of(1))
+    images, _ = all_examples(ds)
+    expected = np.round(load_digits().images * 255 / 16) / 127.5 - 1
+    np.testing.assert_allclose(images[..., 0], expected, atol=1e-6)
+
+
+def test_digits_three_channels_replicate_gray(digits16):
+    ds = input_pipeline.create_dataset(data_config(channels=3), 64, seed=0, mesh=mesh_of(1))
+    rgb, _ = all_examples(ds)
+    gray, _ = all_examples(digits16)
+    assert ds.channels == 3
+    for c in range(3):
+        np.testing.assert_array_equal(rgb[..., c:c + 1], gray)
+
+
+def test_resize_method_is_configurable(digits16):
+    ds = input_pipeline.create_dataset(data_config(resize="nearest"), 64, 0, mesh_of(1))
+    nearest, _ = all_examples(ds)
+    expected = np.repeat(np.repeat(np.round(load_digits().images * 255 / 16), 2, 1), 2, 2)
+    np.testing.assert_allclose(nearest[..., 0], expected / 127.5 - 1, atol=1e-6)
+    assert not np.array_equal(nearest, all_examples(digits16)[0])
+
+
+def test_each_process_gets_an_equal_disjoint_share():
+    cfg = data_config(image_size=8)
+    whole = data_sources.load_examples(cfg, 0, 1)
+    shares = [data_sources.load_examples(cfg, p, 4) for p in range(4)]
+    assert [len(s.labels) for s in shares] == [449] * 4  # 1797 = 4 * 449 + 1 dropped
+    for p, share in enumerate(shares):
+        np.testing.assert_array_equal(share.images, whole.images[p:1796:4])
+        np.testing.assert_array_equal(share.labels, whole.labels[p:1796:4])
+
+
+def test_epochs_visit_every_example_once_and_drop_the_remainder():
+    ds = indexed_dataset(n=103, batch=10, mesh=mesh_of(1))
+    assert ds.steps_per_epoch == 10
+    epochs = [np.concatenate([example_ids(ds.host_batch(e * 10 + s)["image"])
+                              for s in range(10)]) for e in range(2)]
+    for ids in epochs:
+        assert len(np.unique(ids)) == 100 and ids.max() < 103
+    assert not np.array_equal(epochs[0], epochs[1])
+    first = ds.host_batch(0)
+    np.testing.assert_array_equal(first["label"], example_ids(first["image"]) % 7)
+
+
+def test_same_seed_same_batches_other_seed_other_batches():
+    a, b = (indexed_dataset(50, 8, mesh_of(1), seed=3) for _ in range(2))
+    c = indexed_dataset(50, 8, mesh_of(1), seed=4)
+    for step in (0, 5, 13):
+        np.testing.assert_array_equal(a.host_batch(step)["image"], b.host_batch(step)["image"])
+    assert not np.array_equal(a.host_batch(0)["image"], c.host_batch(0)["image"])
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_resume_gives_the_batches_of_an_unbroken_run(prefetch):
+    ds = indexed_dataset(n=30, batch=8, mesh=mesh_of(1), prefetch=prefetch)
+    unbroken = ds.iterator()
+    expected = [next(unbroken) for _ in range(9)]  # 3 steps per epoch: crosses 2 epochs
+    resumed = ds.iterator(start_step=4)
+    for want in expected[4:]:
+        got = next(resumed)
+        for key in ("image", "label"):
+            np.testing.assert_array_equal(np.asarray(got[key]), np.asarray(want[key]))
+    unbroken.close()
+    resumed.close()
+
+
+@pytest.mark.parametrize("num_devices", [2, 4])
+def test_device_shards_are_disjoint_and_cover_the_batch(num_devices):
+    mesh = mesh_of(num_devices)
+    ds = indexed_dataset(n=64, batch=16, mesh=mesh)
+    it = ds.iterator(start_step=5)
+    batch = next(it)
+    it.close()
+    expected = ds.host_batch(5)
+    for key in ("image", "label"):
+        array = batch[key]
+        assert array.shape[0] == 16 and array.sharding == parallel.batch_sharding(mesh)
+        shards = sorted(array.addressable_shards, key=lambda s: s.index[0].start)
+        assert len(shards) == num_devices
+        assert {s.device for s in shards} == set(mesh.devices.flat)
+        bounds = [(s.index[0].start, s.index[0].stop) for s in shards]
+        assert bounds == [(i * 16 // num_devices, (i + 1) * 16 // num_devices)
+                          for i in range(num_devices)]
+        np.testing.assert_array_equal(np.concatenate([np.asarray(s.data) for s in shards]),
+                                      expected[key])
+    assert len(np.unique(example_ids(batch["image"]))) == 16
+
+
+def test_prefetch_thread_errors_reach_the_consumer(monkeypatch):
+    ds = indexed_dataset(n=30, batch=8, mesh=mesh_of(1))
+
+    def broken(step):
+        raise RuntimeError(f"step {step} failed")
+
+    monkeypatch.setattr(ds, "global_batch", broken)
+    it = ds.iterator(start_step=2)
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="step 2 failed"):
+            next(it)
+
+
+@pytest.mark.parametrize("name, variant, split, size, num_classes", [
+    ("cifar10", "", "train", 32, 10),
+    ("stl10", "labelled", "train+test", 48, 10),
+    ("stl10", "unlabelled", "unlabelled", 48, 0),
+    ("oxford_flowers102", "", "train+validation+test", 96, 102),
+])
+def test_tfds_datasets(name, variant, split, size, num_classes):
+    with tfds.testing.mock_data(num_examples=12):
+        ds = input_pipeline.create_dataset(
+            data_config(name=name, variant=variant, image_size=size, channels=3), 8, seed=1,
+            mesh=mesh_of(2))
+        raw = list(tfds.builder(name).as_dataset(split=split).as_numpy_iterator())
+    assert (ds.num_examples, ds.num_classes, ds.image_size, ds.channels) == (
+        12, num_classes, size, 3)
+    batch = next(ds.iterator())
+    assert batch["image"].shape == (8, size, size, 3) and batch["image"].dtype == np.float32
+    assert batch["label"].shape == (8,) and batch["label"].dtype == np.int32
+    images, labels = all_examples(ds)
+    assert images.min() >= -1.0 and images.max() <= 1.0
+    if num_classes:
+        np.testing.assert_array_equal(labels, [ex["label"] for ex in raw])
+        assert labels.min() >= 0 and labels.max() < num_classes
+    else:
+        np.testing.assert_array_equal(labels, 0)
+    reference = np.stack([pil_resize(ex["image"], size) for ex in raw])
+    diff = np.abs((images + 1) * 127.5 - reference)
+    assert diff.max() <= 1.0 + 1e-4 and diff.mean() < 0.05
+
+
+def test_tfds_offline_failure_says_how_to_place_the_data(monkeypatch, tmp_path):
+    def offline(self, *args, **kwargs):
+        raise requests.exceptions.ConnectionError("Failed to resolve 'www.cs.toronto.edu'")
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", offline)
+    cfg = data_config(name="cifar10", image_size=32, channels=3, data_dir=str(tmp_path))
+    with pytest.raises(ConnectionError) as error:
+        input_pipeline.create_dataset(cfg, 8, seed=0, mesh=mesh_of(1))
+    message = str(error.value)
+    assert "\n" not in message and str(tmp_path) in message
+    for part in ("Failed to resolve", "data_dir", "manual_dir", "cifar-10-binary.tar.gz",
+                 "tfds build cifar10"):
+        assert part in message
+
+
+@pytest.mark.parametrize("overrides, error, match", [
+    (dict(name="mnist"), ValueError, "one of digits, cifar10, stl10, oxford_flowers102, "
+                                     "animeface, image_folder"),
+    (dict(resize="cubic"), ValueError, "--config.data.resize"),
+    (dict(channels=2), ValueError, "--config.data.channels to 1 or 3"),
+    (dict(name="stl10", variant="extra"), ValueError, "labelled, unlabelled"),
+])
+def test_bad_settings_fail_with_one_line(overrides, error, match):
+    with pytest.raises(error, match=match) as info:
+        input_pipeline.create_dataset(data_config(**overrides), 8, seed=0, mesh=mesh_of(1))
+    assert "\n" not in str(info.value)
+
+
+def test_batch_must_split_over_the_devices_and_fit_the_data():
+    with pytest.raises(ValueError, match="not divisible by the 4 devices"):
+        input_pipeline.create_dataset(data_config(), 6, seed=0, mesh=mesh_of(4))
+    with pytest.raises(ValueError, match="larger than the dataset .50 examples"):
+        indexed_dataset(n=50, batch=64, mesh=mesh_of(1))
