@@ -1,0 +1,138 @@
+"""Class-per-folder datasets (`image_folder`, `animeface`) on PNG trees the tests write.
+
+The reference decodes with Pillow and resizes with Pillow's float bilinear filter, which
+matches `tf.image.resize` with antialiasing to ~1e-3 of a grey level.
+"""
+import logging
+import pathlib
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+from sagan_jax import input_pipeline, parallel
+
+CLASSES = ("a_dog", "b_cat", "c_owl")  # sorted: labels 0, 1, 2
+
+
+def folder_config(path, **overrides) -> ml_collections.ConfigDict:
+    cfg = dict(name="image_folder", image_size=16, channels=3, path=str(path), data_dir="",
+               manual_dir="", variant="", resize="bilinear", prefetch=2)
+    cfg.update(overrides)
+    return ml_collections.ConfigDict(cfg)
+
+
+def load(path, **overrides):
+    return input_pipeline.create_dataset(folder_config(path, **overrides), 4, seed=0,
+                                         mesh=parallel.create_mesh(jax.devices()[:2]))
+
+
+def write_png(path: pathlib.Path, shape, mode: str, seed: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+    Image.fromarray(pixels, mode).save(path)
+
+
+def reference(path: str, size: int) -> np.ndarray:
+    """Pillow: decode to RGB, central square, float bilinear resize per channel (unrounded)."""
+    rgb = np.asarray(Image.open(path).convert("RGB"), np.float32)
+    side = min(rgb.shape[:2])
+    top, left = (rgb.shape[0] - side) // 2, (rgb.shape[1] - side) // 2
+    crop = rgb[top:top + side, left:left + side]
+    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(crop[..., c])).resize(
+        (size, size), Image.BILINEAR)) for c in range(3)], -1)
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> pathlib.Path:
+    """3 classes of RGB, grayscale and RGBA PNGs of odd sizes, a nested folder, and the
+    non-image files an extracted dataset carries (AnimeFace has a color.csv per class)."""
+    root = tmp_path_factory.mktemp("faces")
+    seed = 0
+    for name in CLASSES:
+        for i, (shape, mode) in enumerate([((40, 30, 3), "RGB"), ((20, 20), "L"),
+                                           ((25, 35, 4), "RGBA")]):
+            seed += 1
+            write_png(root / name / f"face_{i}.png", shape, mode, seed)
+        (root / name / "color.csv").write_text("r,g,b\n")
+    write_png(root / "c_owl" / "more" / "face_9.png", (18, 18, 3), "RGB", 99)
+    (root / "README.txt").write_text("extracted\n")
+    return root
+
+
+def expected_files(root: pathlib.Path) -> list[tuple[str, int]]:
+    files = []
+    for label, name in enumerate(CLASSES):
+        files += [(str(p), label) for p in sorted((root / name).rglob("*.png"))]
+    return files
+
+
+def test_folder_images_labels_and_skipped_files(tree, caplog):
+    with caplog.at_level(logging.WARNING):
+        ds = load(tree)
+    files = expected_files(tree)
+    assert (ds.num_examples, ds.num_classes, ds.image_size, ds.channels) == (10, 3, 16, 3)
+    batch = next(ds.iterator())
+    assert batch["image"].shape == (4, 16, 16, 3) and batch["label"].dtype == np.int32
+    images, labels = zip(*[(b["image"], b["label"]) for b in ds.eval_iterator(4)])
+    images, labels = np.concatenate(images), np.concatenate(labels)
+    np.testing.assert_array_equal(labels, [label for _, label in files])
+    want = np.clip(np.round(np.stack([reference(path, 16) for path, _ in files])), 0, 255)
+    diff = np.abs((images + 1) * 127.5 - want)
+    assert diff.max() <= 1.0 + 1e-4 and diff.mean() < 0.01
+    assert "ignoring 4 non-image files" in caplog.text
+
+
+def test_animeface_reads_the_same_tree_in_gray(tree, caplog):
+    with caplog.at_level(logging.WARNING):
+        ds = load(tree, name="animeface", channels=1, image_size=8)
+    files = expected_files(tree)
+    images = np.concatenate([b["image"] for b in ds.eval_iterator(100)])
+    # TF's luma weights (ITU-R 601), applied before rounding to grey levels.
+    gray = np.stack([reference(path, 8) for path, _ in files]) @ [0.2989, 0.5870, 0.1140]
+    diff = np.abs((images[..., 0] + 1) * 127.5 - np.round(gray))
+    assert ds.channels == 1 and diff.max() <= 1.0 + 1e-4 and diff.mean() < 0.01
+    assert "has 3 class folders; the full AnimeFace Character Dataset has 176" in caplog.text
+
+
+def test_corrupt_image_is_named(tree, tmp_path):
+    for name in CLASSES[:2]:
+        write_png(tmp_path / name / "ok.png", (12, 12, 3), "RGB", 1)
+    broken = tmp_path / CLASSES[1] / "truncated.png"
+    broken.write_bytes((tmp_path / CLASSES[0] / "ok.png").read_bytes()[:60])
+    with pytest.raises(ValueError) as error:
+        load(tmp_path)
+    assert str(error.value).startswith(f"cannot decode image file {broken} (")
+    assert "replace or delete it" in str(error.value) and "\n" not in str(error.value)
+
+
+def make_layout(root: pathlib.Path, layout: str) -> pathlib.Path:
+    if layout == "one_class":
+        write_png(root / "thumb" / "x.png", (8, 8, 3), "RGB", 0)
+    elif layout == "class_without_images":
+        write_png(root / "a" / "x.png", (8, 8, 3), "RGB", 0)
+        (root / "b").mkdir()
+        (root / "b" / "notes.txt").write_text("no images here")
+    elif layout == "loose_images":
+        write_png(root / "x.png", (8, 8, 3), "RGB", 0)
+    return root if layout != "missing" else root / "nowhere"
+
+
+@pytest.mark.parametrize("layout, error, match", [
+    ("missing", FileNotFoundError, "does not exist .* set --config.data.path"),
+    ("empty", FileNotFoundError, "holds no class sub-folders"),
+    ("loose_images", FileNotFoundError, "holds no class sub-folders; expected .*/<class>/"),
+    ("one_class", ValueError, "single class folder 'thumb'.*data.path=.*thumb"),
+    ("class_without_images", ValueError, "class folder .*/b holds no images"),
+])
+def test_bad_layouts_fail_with_one_line(tmp_path, layout, error, match):
+    with pytest.raises(error, match=match) as info:
+        load(make_layout(tmp_path, layout))
+    assert "\n" not in str(info.value)
+
+
+def test_missing_path_setting():
+    with pytest.raises(ValueError, match="set --config.data.path"):
+        load("")
