@@ -16,6 +16,8 @@ setup(
         "ml-collections>=1.0",
         "clu>=0.0.12",
         "tensorflow-datasets>=4.9.6",
+        # TFDS's download_and_prepare imports it (through etils) but does not require it.
+        "importlib_resources>=6.0",
         "tensorflow-cpu>=2.18",
         "tensorboard>=2.18",
         "numpy>=1.26",

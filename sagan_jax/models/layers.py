@@ -77,13 +77,13 @@ class SNEmbed(nn.Module):
     sn: bool = True
     sn_iters: int = 1
     sn_eps: float = 1e-12
-    init: Any = weight_init
+    embedding_init: Any = weight_init
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, labels: jax.Array, train: bool = False) -> jax.Array:
         table = normalized_param(
-            self, "embedding", (self.num_embeddings, self.features), self.init,
+            self, "embedding", (self.num_embeddings, self.features), self.embedding_init,
             enabled=self.sn, update=train, n_iters=self.sn_iters, eps=self.sn_eps,
         )
         return jnp.take(table, labels, axis=0).astype(self.dtype)
@@ -114,7 +114,7 @@ class ConditionalBatchNorm(nn.Module):
         if conditional:
             c = x.shape[-1]
             embed = functools.partial(
-                SNEmbed, self.num_classes, c, sn=False, init=nn.initializers.zeros
+                SNEmbed, self.num_classes, c, sn=False, embedding_init=nn.initializers.zeros
             )
             gamma = 1.0 + embed(name="gamma")(labels)
             beta = embed(name="beta")(labels)
