@@ -1,0 +1,313 @@
+"""The compiled train step on the real (tiny) networks: semantics, data parallelism, EMA.
+
+Compiles are the cost on a 2-core CPU, so a few module-scoped runs feed several tests:
+- `run_1dev`: 1-device mesh, synced BN, TTUR with linear scaling, 2 iterations.
+- `run_4dev`: the same on 4 devices.
+- `run_dis`: 4 devices, bfloat16 compute, per-replica BN, D-loss limit 0 and n_dis 2.
+"""
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from sagan_jax import parallel, train_step
+from sagan_jax.models import build_models
+
+NUM_CLASSES, CHANNELS, BATCH = 10, 3, 8
+
+
+def _config(**overrides):
+    cfg = ml_collections.ConfigDict(dict(
+        model=dict(resolution=16, width=1 / 16, z_dim=16, conditional=True, g_attention=(8,),
+                   d_attention=(8,), g_sn=True, dtype="float32", sn_iters=1, sn_eps=1e-12),
+        optim=dict(g_lr=1e-4, d_lr=4e-4, b1=0.0, b2=0.9, lr_scaling="linear", base_batch=16),
+        schedule=dict(n_dis=1, d_loss_limit=float("inf"), window=5, d_only_steps=4),
+        train=dict(batch_size=BATCH, seed=0, loss="hinge", ema_decay=0.9, ema_start=1,
+                   sample_with_ema=True, bn_sync=True),
+    ))
+    for key, value in overrides.items():
+        section, field = key.split(".")
+        cfg[section][field] = value
+    return cfg
+
+
+def _batch():
+    image = jax.random.uniform(jax.random.key(1), (BATCH, 16, 16, CHANNELS), minval=-1.0, maxval=1.0)
+    return {"image": image, "label": jnp.arange(BATCH, dtype=jnp.int32) % NUM_CLASSES}
+
+
+RNG = jax.random.key(7)
+
+
+@pytest.fixture(scope="module")
+def init_state():
+    return jax.device_get(train_step.create_train_state(_config(), NUM_CLASSES, CHANNELS, jax.random.key(0)))
+
+
+def _run(cfg, state, mesh, steps):
+    """`steps` iterations; returns the host copies of every state and the metrics."""
+    fn = train_step.make_train_step(cfg, NUM_CLASSES, CHANNELS, mesh)
+    device_state = jax.device_put(state, parallel.replicated_sharding(mesh))
+    batch = jax.device_put(_batch(), parallel.batch_sharding(mesh))
+    states, metrics = [state], []
+    for _ in range(steps):
+        device_state, m = fn(device_state, batch, RNG)
+        states.append(jax.device_get(device_state))
+        metrics.append(jax.device_get(m))
+    assert fn._cache_size() == 1   # compiled once, whatever the schedule did
+    return states, metrics, device_state
+
+
+@pytest.fixture(scope="module")
+def run_1dev(init_state):
+    return _run(_config(), init_state, parallel.create_mesh(jax.devices()[:1]), 2)
+
+
+@pytest.fixture(scope="module")
+def run_4dev(init_state):
+    return _run(_config(), init_state, parallel.create_mesh(), 2)
+
+
+def _adam_first_step(params, grads, lr, b1=0.0, b2=0.9, eps=1e-8):
+    """Adam's first update written out: bias-corrected m and v after one gradient."""
+    def one(p, g):
+        m_hat, v_hat = (1 - b1) * g / (1 - b1), (1 - b2) * g * g / (1 - b2)
+        return p - lr * m_hat / (jnp.sqrt(v_hat) + eps)
+    return jax.tree.map(one, params, grads)
+
+
+def _reference_iteration(cfg, state, batch, rng):
+    """Iteration 0 written plainly on one device: G step, then D step (shared/SEED.md)."""
+    g, d = build_models(cfg.model, NUM_CLASSES, CHANNELS)
+    key_g, key_d = jax.random.split(jax.random.fold_in(rng, 0))
+    idx = jnp.arange(BATCH)
+    z, y = train_step.example_noise(key_g, idx, cfg.model.z_dim, NUM_CLASSES)
+    z2, y2 = train_step.example_noise(key_d, idx, cfg.model.z_dim, NUM_CLASSES)
+    mut = ["batch_stats", "spectral_norm"]
+
+    def g_loss(gp):
+        fake, gs = g.apply({"params": gp, **state.g_state}, z, y, train=True, mutable=mut)
+        logits, ds = d.apply({"params": state.d_params, **state.d_state}, fake, y, train=True, mutable=mut)
+        return -jnp.mean(logits), (gs, ds)
+
+    (gl, (gs, ds)), g_grads = jax.value_and_grad(g_loss, has_aux=True)(state.g_params)
+    gp = _adam_first_step(state.g_params, g_grads, 1e-4 * BATCH / 16)
+    fake, gs = g.apply({"params": gp, **gs}, z2, y2, train=True, mutable=mut)
+
+    def d_loss(dp):
+        real, ds1 = d.apply({"params": dp, **ds}, batch["image"], batch["label"], train=True, mutable=mut)
+        fk, ds2 = d.apply({"params": dp, **ds1}, fake, y2, train=True, mutable=mut)
+        return jnp.mean(jax.nn.relu(1 - real)) + jnp.mean(jax.nn.relu(1 + fk)), (ds2, real, fk)
+
+    (dl, (ds, real, fk)), d_grads = jax.value_and_grad(d_loss, has_aux=True)(state.d_params)
+    dp = _adam_first_step(state.d_params, d_grads, 4e-4 * BATCH / 16)
+    metrics = dict(g_loss=gl, d_loss=dl, d_real=jnp.mean(real), d_fake=jnp.mean(fk),
+                   g_grad_norm=jnp.sqrt(sum(jnp.sum(x ** 2) for x in jax.tree.leaves(g_grads))),
+                   d_grad_norm=jnp.sqrt(sum(jnp.sum(x ** 2) for x in jax.tree.leaves(d_grads))))
+    return dict(g_params=gp, d_params=dp, g_state=gs, d_state=ds, g_grads=g_grads, d_grads=d_grads), metrics
+
+
+def _max_diff(a, b):
+    return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def _assert_same_params(a, b, grads, lr, steps):
+    """Weights with a real gradient agree to 1e-6.
+
+    The biases of layers followed by BN (G's convs) have an exact gradient of 0, so
+    theirs is float noise of ~1e-8, the size of Adam's eps: Adam turns it into steps
+    of up to lr in either direction. Those leaves may differ by 2 * lr per step.
+    """
+    for x, y, g in zip(jax.tree.leaves(a), jax.tree.leaves(b), jax.tree.leaves(grads)):
+        tol = 1e-6 if np.max(np.abs(g)) > 1e-4 else 2 * lr * steps
+        assert np.max(np.abs(x - y)) <= tol, (np.max(np.abs(x - y)), tol)
+
+
+def _assert_same_g_state(a, b, mean_tol):
+    """SN vectors and BN variances agree to 1e-6; BN means carry the bias noise above."""
+    def check(path, x, y):
+        tol = mean_tol if path[-1].key == "mean" else 1e-6
+        assert np.max(np.abs(x - y)) <= tol, (jax.tree_util.keystr(path), np.max(np.abs(x - y)))
+    jax.tree_util.tree_map_with_path(check, a, b)
+
+
+def test_learning_rate_scaling_matches_lrscale_table():
+    """SEED.md's CIFAR-10 lrscale cases, from base rates 1e-4 / 4e-4 at batch 256."""
+    def rates(batch, scaling):
+        return train_step.scaled_learning_rates(
+            _config(**{"train.batch_size": batch, "optim.lr_scaling": scaling, "optim.base_batch": 256}))
+    assert rates(64, "linear") == (2.5e-5, 1e-4)      # case 0
+    assert rates(128, "linear") == (5e-5, 2e-4)       # case 1
+    assert rates(64, "none") == (1e-4, 4e-4)          # case 2
+    assert rates(128, "none") == (1e-4, 4e-4)         # case 3
+    assert rates(256, "linear") == (1e-4, 4e-4)       # reference
+    with pytest.raises(ValueError, match="optim.lr_scaling"):
+        rates(64, "sqrt")
+
+
+def test_first_iteration_matches_plain_reference(init_state, run_1dev):
+    states, metrics, _ = run_1dev
+    cfg = _config()
+    ref, ref_metrics = jax.jit(lambda *a: _reference_iteration(cfg, *a))(init_state, _batch(), RNG)
+    new = states[1]
+    g_lr, d_lr = train_step.scaled_learning_rates(cfg)
+    # Adam's state holds the averaged gradients (b1 = 0: mu is the gradient itself).
+    assert _max_diff(new.g_opt[0].mu, ref["g_grads"]) < 1e-5
+    assert _max_diff(new.d_opt[0].mu, ref["d_grads"]) < 1e-5
+    _assert_same_params(new.g_params, ref["g_params"], ref["g_grads"], g_lr, 1)
+    _assert_same_params(new.d_params, ref["d_params"], ref["d_grads"], d_lr, 1)
+    # D's u advanced three times (G step, real pass, fake pass), G's twice, BN twice.
+    _assert_same_g_state(new.g_state, ref["g_state"], mean_tol=1e-4)
+    assert _max_diff(new.d_state, ref["d_state"]) < 1e-6
+    for name, value in ref_metrics.items():
+        np.testing.assert_allclose(metrics[0][name], value, rtol=1e-5, err_msg=name)
+    assert metrics[0]["g_updated"] == 1.0 and int(new.step) == 1
+    np.testing.assert_array_equal(new.d_loss_window, [0, 0, 0, 0, metrics[0]["d_loss"]])
+
+
+def test_ttur_rates_reach_the_right_optimizer(init_state, run_1dev):
+    """Adam's first step moves every weight with a real gradient by its lr (b1 = 0)."""
+    g_lr, d_lr = train_step.scaled_learning_rates(_config())
+    assert (g_lr, d_lr) == (5e-5, 2e-4)
+    new = run_1dev[0][1]
+    for lr, old, now in ((g_lr, init_state.g_params, new.g_params), (d_lr, init_state.d_params, new.d_params)):
+        delta = np.concatenate([np.abs(a - b).ravel() for a, b in zip(jax.tree.leaves(now), jax.tree.leaves(old))])
+        assert abs(delta.max() - lr) < 1e-3 * lr and np.median(delta) > 0.9 * lr
+
+
+def test_ema_arithmetic(run_1dev):
+    """ema_start = 1: a copy after iteration 0, then 0.9 * ema + 0.1 * params."""
+    states = run_1dev[0]
+    s1, s2 = states[1], states[2]
+    assert _max_diff(s1.ema_params, s1.g_params) == 0
+    assert _max_diff(s1.ema_state, s1.g_state) == 0
+    expected = jax.tree.map(lambda e, p: 0.9 * e + 0.1 * p, s1.ema_params, s2.g_params)
+    assert _max_diff(s2.ema_params, expected) < 1e-7
+    assert _max_diff(s2.ema_params, s2.g_params) > 1e-6
+    expected_bn = jax.tree.map(lambda e, p: 0.9 * e + 0.1 * p, s1.ema_state["batch_stats"], s2.g_state["batch_stats"])
+    assert _max_diff(s2.ema_state["batch_stats"], expected_bn) < 1e-6
+    assert _max_diff(s2.ema_state["spectral_norm"], s2.g_state["spectral_norm"]) == 0
+    tree = {"w": np.array([1.0, 2.0])}
+    out = train_step.ema_update(tree, {"w": np.array([3.0, 6.0])}, jnp.int32(5), 0.75, 5)
+    np.testing.assert_allclose(out["w"], [1.5, 3.0])
+    out = train_step.ema_update(tree, {"w": np.array([3.0, 6.0])}, jnp.int32(4), 0.75, 5)
+    np.testing.assert_allclose(out["w"], [3.0, 6.0])
+
+
+def test_metrics_are_scalars_with_attention_gammas(run_1dev):
+    states, metrics, _ = run_1dev
+    expected = {"d_loss", "g_loss", "d_real", "d_fake", "g_updated", "d_only_left", "g_grad_norm",
+                "d_grad_norm", "gamma/g_attention0", "gamma/d_attention0"}
+    assert set(metrics[1]) == expected
+    assert all(np.shape(v) == () for v in metrics[1].values())
+    assert metrics[1]["gamma/g_attention0"] == states[2].g_params["attention0"]["gamma"] != 0
+    assert metrics[1]["gamma/d_attention0"] == states[2].d_params["attention0"]["gamma"] != 0
+
+
+def test_one_and_four_devices_give_the_same_update(run_1dev, run_4dev):
+    """Same global batch and noise, synced BN: 4 replicas reproduce the 1-device run.
+
+    Adam's steps are nearly sign(gradient), blind to its scale, so the gradients
+    (Adam's mu, b1 = 0) and their norms are compared too: N x gradients would show.
+    """
+    (s1, m1, _), (s4, m4, _) = run_1dev, run_4dev
+    g_lr, d_lr = train_step.scaled_learning_rates(_config())
+    a, b = s1[2], s4[2]
+    assert _max_diff(a.g_opt[0].mu, b.g_opt[0].mu) < 1e-5
+    assert _max_diff(a.d_opt[0].mu, b.d_opt[0].mu) < 1e-5
+    _assert_same_params(a.g_params, b.g_params, a.g_opt[0].mu, g_lr, 2)
+    _assert_same_params(a.ema_params, b.ema_params, a.g_opt[0].mu, g_lr, 2)
+    _assert_same_params(a.d_params, b.d_params, a.d_opt[0].mu, d_lr, 2)
+    _assert_same_g_state(a.g_state, b.g_state, mean_tol=5e-4)
+    _assert_same_g_state(a.ema_state, b.ema_state, mean_tol=5e-4)
+    assert _max_diff(a.d_state, b.d_state) < 1e-6
+    for x, y in zip(m1, m4):
+        for name in x:
+            np.testing.assert_allclose(x[name], y[name], rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def _stack(tree, n):
+    return jax.tree.map(lambda x: np.stack([np.asarray(x)] * n), tree)
+
+
+def test_pmap_matches_shard_map(init_state, run_4dev):
+    """The same per-replica step under jax.pmap gives the shard_map run's numbers."""
+    n = 4
+    step = jax.pmap(train_step.make_per_replica_step(_config(), NUM_CLASSES, CHANNELS),
+                    axis_name=parallel.DATA_AXIS, in_axes=(0, 0, None))
+    state = _stack(init_state, n)
+    batch = jax.tree.map(lambda x: np.asarray(x).reshape(n, BATCH // n, *x.shape[1:]), _batch())
+    metrics = []
+    for _ in range(2):
+        state, m = step(state, batch, RNG)
+        metrics.append(jax.device_get(m))
+    state = jax.device_get(state)
+    shard_map_state, shard_map_metrics, _ = run_4dev
+    assert _max_diff(state, _stack(shard_map_state[2], n)) < 1e-6
+    for x, y in zip(metrics, shard_map_metrics):
+        for name in y:
+            np.testing.assert_allclose(x[name], np.broadcast_to(y[name], (n,)), rtol=1e-6, atol=1e-8)
+
+
+@pytest.fixture(scope="module")
+def run_dis(init_state):
+    """bfloat16, per-replica BN, n_dis 2 and a D-loss limit of 0 (hinge D loss >= 0)."""
+    cfg = _config(**{"model.dtype": "bfloat16", "train.bn_sync": False,
+                     "schedule.d_loss_limit": 0.0, "schedule.n_dis": 2})
+    return _run(cfg, init_state, parallel.create_mesh(), 11)
+
+
+def test_schedule_runs_inside_the_step(run_dis):
+    """Iteration 0 starts a countdown (steps 1-4 D-only); 5 is odd (n_dis 2) and starts
+    another (6-9 D-only); 10 has the next G step."""
+    states, metrics, _ = run_dis
+    g_updated = [int(m["g_updated"]) for m in metrics]
+    assert g_updated == [1] + [0] * 9 + [1]
+    assert [int(m["d_only_left"]) for m in metrics] == [4, 3, 2, 1, 0, 4, 3, 2, 1, 0, 4]
+    assert [int(s.d_only_left) for s in states[1:]] == [4, 3, 2, 1, 0, 4, 3, 2, 1, 0, 4]
+    for i, updated in enumerate(g_updated):
+        before, after = states[i], states[i + 1]
+        g_moved = _max_diff(before.g_params, after.g_params) > 0
+        assert g_moved == bool(updated) and (_max_diff(before.ema_params, after.ema_params) > 0) == bool(updated)
+        assert _max_diff(before.d_params, after.d_params) > 0
+        assert int(after.g_opt[0].count) == sum(g_updated[: i + 1])
+        assert int(after.d_opt[0].count) == i + 1
+        assert metrics[i]["g_loss"] == 0 or updated
+    np.testing.assert_allclose(states[-1].d_loss_window, [m["d_loss"] for m in metrics[-5:]])
+
+
+def test_bfloat16_compute_keeps_float32_params_and_optimizer(run_dis):
+    state = run_dis[0][-1]
+    for tree in (state.g_params, state.d_params, state.ema_params, state.g_opt, state.d_opt,
+                 state.g_state, state.d_state, state.ema_state):
+        for leaf in jax.tree.leaves(tree):
+            assert leaf.dtype in (np.float32, np.int32), leaf.dtype
+    assert all(np.isfinite(v) for m in run_dis[1] for v in m.values())
+
+
+def test_per_replica_bn_keeps_the_replicated_state_identical(run_dis):
+    """Per-replica BN statistics are averaged, so every device holds the same state."""
+    for leaf in jax.tree.leaves(run_dis[2]):
+        shards = [np.asarray(s.data) for s in leaf.addressable_shards]
+        assert len(shards) == 4 and all(np.array_equal(shards[0], s) for s in shards[1:])
+
+
+def test_generate_is_eval_mode_g_independent_of_device_count(run_1dev):
+    cfg = _config()
+    state = run_1dev[0][2]
+    labels = np.arange(BATCH) % NUM_CLASSES
+    key = jax.random.key(3)
+    g, _ = build_models(cfg.model, NUM_CLASSES, CHANNELS)
+    z, _ = train_step.example_noise(key, jnp.arange(BATCH), cfg.model.z_dim, 0)
+    expected = jax.jit(g.apply)({"params": state.ema_params, **state.ema_state}, z, labels)
+    for mesh in (parallel.create_mesh(jax.devices()[:1]), parallel.create_mesh()):
+        images = train_step.make_generate_fn(cfg, NUM_CLASSES, CHANNELS, mesh)(
+            state.ema_params, state.ema_state, key, labels)
+        assert images.shape == (BATCH, 16, 16, CHANNELS) and images.dtype == jnp.float32
+        np.testing.assert_allclose(images, expected, atol=1e-5)
+    assert np.abs(expected).max() <= 1.0 and np.std(expected) > 1e-3
+    with pytest.raises(ValueError, match="multiple of 4"):
+        train_step.make_generate_fn(cfg, NUM_CLASSES, CHANNELS, parallel.create_mesh())(
+            state.ema_params, state.ema_state, key, labels[:6])
