@@ -1,0 +1,232 @@
+"""IS, FID and KID of a generator, batched and sharded over the device mesh.
+
+    ev = Evaluator.create(config.eval, config.data, mesh,
+                          real_batches=lambda: ds.eval_iterator(config.eval.batch_size))
+    scores = ev.evaluate(generate, num_classes, num_samples, key)  # {'IS','IS_std','FID','KID'}
+
+Generation is the caller's (`generate(key, labels)`, normally compiled and sharded);
+the feature network runs as one compiled `shard_map` over the data axis, so every device
+scores its slice of each batch. Features come back to the host one batch behind the
+device (so transfers overlap compute), and the scores are computed there in float64
+(`scores.py`). Each sample's label depends only on `key` and its index, so, for a given
+set of images, the scores do not depend on the eval batch size.
+
+With `eval.feature_net='inception'` and no converted weights, `create` logs one warning
+that says how to get them and returns None (training goes on without scores), unless
+`required=True` (the evaluate CLI), which raises instead.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Callable, Iterable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+from jax.sharding import PartitionSpec as P
+
+from sagan_jax import parallel
+from sagan_jax.evaluation import digits_net, inception, reference, scores
+
+_PRECISIONS = {"highest": jax.lax.Precision.HIGHEST, "default": jax.lax.Precision.DEFAULT}
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+    """The whole global array on this host (all processes take part)."""
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def _rebatch(arrays: Iterable[np.ndarray], batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
+    """Re-cut a stream of (b, ...) arrays into (batch_size, ...) ones, the last zero-padded.
+
+    Yields (batch, number of real rows in it).
+    """
+    buffer, held = [], 0
+    for array in arrays:
+        array = np.asarray(array, np.float32)
+        buffer.append(array)
+        held += len(array)
+        while held >= batch_size:
+            merged = np.concatenate(buffer)
+            yield merged[:batch_size], batch_size
+            buffer, held = [merged[batch_size:]], held - batch_size
+    if held:
+        merged = np.concatenate(buffer)
+        pad = np.zeros((batch_size - held,) + merged.shape[1:], merged.dtype)
+        yield np.concatenate([merged, pad]), held
+
+
+def _feature_network(eval_cfg, precision: str):
+    """(name, extract(variables, images) -> (features, logits), variables) of the config.
+
+    Raises FileNotFoundError (with instructions) when the Inception weights are missing.
+    """
+    name = eval_cfg.feature_net
+    if name == "inception":
+        path = os.path.expanduser(eval_cfg.inception_weights or inception.DEFAULT_WEIGHTS)
+        variables = inception.load_variables(path)
+        extract = functools.partial(inception.extract, precision=_PRECISIONS[precision])
+        return name, extract, variables
+    if name == "digits":
+        return name, digits_net.extract, digits_net.load_variables()
+    raise ValueError(f"eval.feature_net={name!r} is not known; use 'inception' or 'digits'.")
+
+
+class Evaluator:
+    """Scores generators against cached reference statistics of the real images."""
+
+    def __init__(self, feature_net: str, extract: Callable, variables, mesh, batch_size: int,
+                 splits: int, kid_subsets: int = 100, kid_subset_size: int = 1000):
+        """Prefer `create`, which also loads or computes the reference statistics.
+
+        Args:
+          feature_net: 'inception' or 'digits' (for logs).
+          extract: per-replica `(variables, images) -> (features, logits)`.
+          variables: the feature network's variables.
+          mesh: 1-D data mesh; `batch_size` must divide over it.
+          batch_size: global eval batch size (images per generate call).
+          splits: IS splits.
+          kid_subsets, kid_subset_size: KID subsets and their size.
+        """
+        parallel.check_divisible(batch_size, mesh)
+        self.feature_net = feature_net
+        self.mesh = mesh
+        self.batch_size = batch_size
+        self.splits = splits
+        self.kid_subsets = kid_subsets
+        self.kid_subset_size = kid_subset_size
+        self.reference: reference.ReferenceStats | None = None
+        self._sqrt_sigma_ref: np.ndarray | None = None
+        self._variables = jax.device_put(variables, parallel.replicated_sharding(mesh))
+        spec = P(parallel.DATA_AXIS)
+        self._extract = parallel.data_parallel(extract, mesh, in_specs=(P(), spec),
+                                               out_specs=(spec, spec))
+        self._labels = jax.jit(self._make_labels, static_argnums=(2, 3),
+                               out_shardings=parallel.batch_sharding(mesh))
+
+    @classmethod
+    def create(cls, eval_cfg, data_cfg, mesh, real_batches: Callable[[], Iterable[dict]], *,
+               required: bool = False, precision: str = "highest", kid_subsets: int = 100,
+               kid_subset_size: int = 1000) -> "Evaluator | None":
+        """An evaluator with reference statistics (loaded from the cache or computed).
+
+        Args:
+          eval_cfg: the config's `eval` section (batch_size, splits, feature_net,
+            inception_weights, stats_dir).
+          data_cfg: the config's `data` section (names the reference statistics).
+          mesh: 1-D data mesh.
+          real_batches: returns one pass over the real images, dicts with 'image'
+            float32 (b, H, W, C) in [-1, 1]; called only when the cache is missing.
+          required: raise (instead of warning and returning None) without weights.
+          precision: 'highest' (float32 convolutions, as the TF graph) or 'default'
+            (lets XLA use TF32/bf16 passes on GPU/TPU: faster, not comparable).
+          kid_subsets, kid_subset_size: KID subsets (torch-fidelity: 100 of 1000).
+
+        Returns:
+          The evaluator, or None when the Inception weights are missing and not required.
+        """
+        try:
+            name, extract, variables = _feature_network(eval_cfg, precision)
+        except FileNotFoundError as e:
+            if required:
+                raise
+            logging.warning("%s Training goes on without IS/FID/KID.", e)
+            return None
+        ev = cls(name, extract, variables, mesh, eval_cfg.batch_size, eval_cfg.splits,
+                 kid_subsets, kid_subset_size)
+        path = reference.cache_path(eval_cfg.stats_dir, name, data_cfg)
+        if os.path.exists(path):
+            stats = reference.ReferenceStats.load(path)
+        else:
+            if jax.process_count() > 1:
+                raise ValueError(f"reference statistics {path} are missing; compute them "
+                                 f"once in a single-process run, then copy the file there.")
+            logging.info("Computing %s reference statistics -> %s", name, path)
+            images = (batch["image"] for batch in real_batches())
+            stats = reference.ReferenceStats.from_features(ev.features(images)[0])
+            stats.save(path)
+        ev.set_reference(stats)
+        logging.info("Reference statistics: %d real images (%s)", stats.num_examples, path)
+        return ev
+
+    def set_reference(self, stats: reference.ReferenceStats) -> None:
+        """Use `stats` as the real images' statistics (and precompute sqrt(sigma))."""
+        self.reference = stats
+        self._sqrt_sigma_ref = scores.sqrt_psd(stats.sigma)
+
+    @staticmethod
+    def _make_labels(key, start, batch_size: int, num_classes: int):
+        # One key per sample index: labels do not depend on how samples are batched.
+        if num_classes == 0:
+            return jnp.zeros((batch_size,), jnp.int32)
+        sample = lambda i: jax.random.randint(jax.random.fold_in(key, i), (), 0, num_classes)
+        return jax.vmap(sample)(start + jnp.arange(batch_size))
+
+    def _run(self, batches: Iterable[tuple[jax.Array, int]]) -> tuple[np.ndarray, np.ndarray]:
+        """Features and logits of (batch, valid rows) pairs, fetched one batch behind."""
+        features, logits, pending = [], [], None
+
+        def fetch(item):
+            (f, l), n = item
+            features.append(_to_host(f)[:n])
+            logits.append(_to_host(l)[:n])
+
+        for images, n in batches:
+            shape = images.shape
+            if len(shape) != 4 or shape[0] != self.batch_size or shape[-1] not in (1, 3):
+                raise ValueError(f"expected images (B={self.batch_size}, H, W, 1 or 3) in "
+                                 f"[-1, 1], got shape {shape}; check the generate function.")
+            current = (self._extract(self._variables, images), n)
+            if pending is not None:
+                fetch(pending)
+            pending = current
+        if pending is not None:
+            fetch(pending)
+        return np.concatenate(features), np.concatenate(logits)
+
+    def features(self, images: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(features, logits) on the host of a stream of host image batches of any size."""
+        sharding = parallel.batch_sharding(self.mesh)
+        return self._run((jax.device_put(batch, sharding), n)
+                         for batch, n in _rebatch(images, self.batch_size))
+
+    def evaluate(self, generate: Callable, num_classes: int, num_samples: int,
+                 key: jax.Array) -> dict[str, float]:
+        """Generate `num_samples` images and score them.
+
+        Args:
+          generate: `generate(key, labels) -> images` float32 (B, H, W, C) in [-1, 1],
+            C = 1 or 3, for int32 `labels` (B,) sharded on the batch axis (zeros when
+            num_classes == 0), B = `eval.batch_size`.
+          num_classes: labels are uniform over [0, num_classes); 0 = unconditional.
+          num_samples: images to score (the last batch is trimmed).
+          key: PRNG key; the same key gives the same labels and generator keys.
+
+        Returns:
+          {'IS', 'IS_std', 'FID', 'KID'} as Python floats.
+        """
+        gen_key, label_key = jax.random.split(key)
+        num_batches = -(-num_samples // self.batch_size)
+
+        def batches():
+            for i in range(num_batches):
+                start = i * self.batch_size
+                labels = self._labels(label_key, start, self.batch_size, num_classes)
+                n = min(self.batch_size, num_samples - start)
+                yield generate(jax.random.fold_in(gen_key, i), labels), n
+
+        features, logits = self._run(batches())
+        return self.score(features, logits)
+
+    def score(self, features: np.ndarray, logits: np.ndarray) -> dict[str, float]:
+        """IS of `logits`, FID and KID of `features` against the reference statistics."""
+        is_mean, is_std = scores.inception_score(logits, self.splits)
+        mu, sigma = scores.gaussian_stats(features)
+        ref = self.reference
+        fid = scores.frechet_distance(mu, sigma, ref.mu, ref.sigma, self._sqrt_sigma_ref)
+        kid, _ = scores.kernel_inception_distance(features, ref.kid_features,
+                                                  self.kid_subsets, self.kid_subset_size)
+        return {"IS": is_mean, "IS_std": is_std, "FID": fid, "KID": kid}
