@@ -245,7 +245,7 @@ def make_per_replica_step(config: Any, num_classes: int, channels: int) -> Calla
         updates, g_opt = g_tx.update(grads, state.g_opt, state.g_params)
         g_params = optax.apply_updates(state.g_params, updates)
         state = state.replace(g_params=g_params, g_opt=g_opt, g_state=g_state, d_state=d_state)
-        return state, pmean(loss), optax.global_norm(grads)
+        return state, pmean(loss), optax.tree.norm(grads)
 
     def skip_g_step(state, z, y):
         return state, jnp.float32(0.0), jnp.float32(0.0)
@@ -266,7 +266,7 @@ def make_per_replica_step(config: Any, num_classes: int, channels: int) -> Calla
         updates, d_opt = d_tx.update(grads, state.d_opt, state.d_params)
         d_params = optax.apply_updates(state.d_params, updates)
         state = state.replace(d_params=d_params, d_opt=d_opt, g_state=g_state, d_state=d_state)
-        stats = dict(d_loss=loss, d_real=d_real, d_fake=d_fake, d_grad_norm=optax.global_norm(grads))
+        stats = dict(d_loss=loss, d_real=d_real, d_fake=d_fake, d_grad_norm=optax.tree.norm(grads))
         return state, pmean(stats)
 
     def update_ema(state):
