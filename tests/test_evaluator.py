@@ -1,5 +1,7 @@
 """Evaluator end to end on the 4 host devices: digits feature net and a random Inception."""
 import logging
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -166,3 +168,23 @@ def test_digits_classifier_reads_held_out_scans():
     assert min(accuracy.values()) >= 0.95, accuracy
     with np.load(digits_net.ASSET) as f:
         assert float(f["held_out_accuracy"]) == pytest.approx(accuracy["8px"], abs=1e-6)
+
+
+def test_evaluation_imports_without_tensorflow_or_torch():
+    code = ("import sys\n"
+            "for name in ('tensorflow', 'tensorflow_datasets', 'torch'): sys.modules[name] = None\n"
+            "from sagan_jax.evaluation import convert, digits_net, evaluator, inception, "
+            "reference, resize, scores\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_convert_cli_rejects_a_wrong_file_in_one_line(tmp_path):
+    bogus = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+    bogus.write_bytes(b"\0" * 1000)
+    result = subprocess.run(
+        [sys.executable, "-m", "sagan_jax.evaluation.convert", f"--src={bogus}",
+         f"--dst={tmp_path / 'out.npz'}"], capture_output=True, text=True)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "truncated download" in lines[0] and "re-download" in lines[0]
+    assert not (tmp_path / "out.npz").exists()

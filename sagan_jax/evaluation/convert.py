@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 
 import numpy as np
 from absl import app, flags, logging
@@ -110,11 +111,11 @@ def convert(src: str, dst: str, check_hash: bool = True) -> str:
       check_hash: verify the SHA-256 of `src`; only tests that convert a file saved
         from a randomly initialised reference network turn this off.
     """
+    digest = check_source(src) if check_hash else sha256_of(src)
     try:
         import torch  # pylint: disable=import-outside-toplevel
     except ImportError:
         raise ImportError("converting the weights needs PyTorch: pip install torch") from None
-    digest = check_source(src) if check_hash else sha256_of(src)
     state_dict = torch.load(src, map_location="cpu", weights_only=True)
     flat = state_dict_to_flat({k: v.numpy() for k, v in state_dict.items()})
     dst = os.path.expanduser(dst)
@@ -133,7 +134,11 @@ def main(argv):
     del argv
     if not _SRC.value:
         raise app.UsageError(f"--src is required; download {inception.WEIGHTS_URL}.")
-    logging.info("wrote %s", convert(_SRC.value, _DST.value))
+    try:
+        dst = convert(_SRC.value, _DST.value)
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        sys.exit(f"error: {e}")  # one line, no traceback: the message says what to do
+    logging.info("wrote %s", dst)
 
 
 if __name__ == "__main__":

@@ -208,6 +208,11 @@ class Evaluator:
         Returns:
           {'IS', 'IS_std', 'FID', 'KID'} as Python floats.
         """
+        return self.score(*self.generated_features(generate, num_classes, num_samples, key))
+
+    def generated_features(self, generate: Callable, num_classes: int, num_samples: int,
+                           key: jax.Array) -> tuple[np.ndarray, np.ndarray]:
+        """(features, logits) on the host of `num_samples` generated images (see `evaluate`)."""
         gen_key, label_key = jax.random.split(key)
         num_batches = -(-num_samples // self.batch_size)
 
@@ -218,8 +223,7 @@ class Evaluator:
                 n = min(self.batch_size, num_samples - start)
                 yield generate(jax.random.fold_in(gen_key, i), labels), n
 
-        features, logits = self._run(batches())
-        return self.score(features, logits)
+        return self._run(batches())
 
     def score(self, features: np.ndarray, logits: np.ndarray) -> dict[str, float]:
         """IS of `logits`, FID and KID of `features` against the reference statistics."""

@@ -39,6 +39,7 @@ This module imports neither TensorFlow nor PyTorch.
 """
 from __future__ import annotations
 
+import functools
 import os
 import zipfile
 
@@ -105,7 +106,7 @@ class InceptionA(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        conv = lambda *a, **k: BasicConv(*a, precision=self.precision, **k)
+        conv = functools.partial(BasicConv, precision=self.precision)
         b1 = conv(64, (1, 1), name="branch1x1")(x)
         b5 = conv(48, (1, 1), name="branch5x5_1")(x)
         b5 = conv(64, (5, 5), name="branch5x5_2")(b5)
@@ -123,7 +124,7 @@ class InceptionB(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        conv = lambda *a, **k: BasicConv(*a, precision=self.precision, **k)
+        conv = functools.partial(BasicConv, precision=self.precision)
         b3 = conv(384, (3, 3), strides=2, padding="VALID", name="branch3x3")(x)
         bd = conv(64, (1, 1), name="branch3x3dbl_1")(x)
         bd = conv(96, (3, 3), name="branch3x3dbl_2")(bd)
@@ -139,7 +140,7 @@ class InceptionC(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        conv = lambda *a, **k: BasicConv(*a, precision=self.precision, **k)
+        conv = functools.partial(BasicConv, precision=self.precision)
         c7 = self.channels_7x7
         b1 = conv(192, (1, 1), name="branch1x1")(x)
         b7 = conv(c7, (1, 1), name="branch7x7_1")(x)
@@ -161,7 +162,7 @@ class InceptionD(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        conv = lambda *a, **k: BasicConv(*a, precision=self.precision, **k)
+        conv = functools.partial(BasicConv, precision=self.precision)
         b3 = conv(192, (1, 1), name="branch3x3_1")(x)
         b3 = conv(320, (3, 3), strides=2, padding="VALID", name="branch3x3_2")(b3)
         b7 = conv(192, (1, 1), name="branch7x7x3_1")(x)
@@ -179,7 +180,7 @@ class InceptionE(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        conv = lambda *a, **k: BasicConv(*a, precision=self.precision, **k)
+        conv = functools.partial(BasicConv, precision=self.precision)
         b1 = conv(320, (1, 1), name="branch1x1")(x)
         b3 = conv(384, (1, 1), name="branch3x3_1")(x)
         b3 = jnp.concatenate([conv(384, (1, 3), name="branch3x3_2a")(b3),
@@ -221,7 +222,7 @@ class InceptionV3(nn.Module):
     @nn.compact
     def __call__(self, x):
         p = self.precision
-        conv = lambda *a, **k: BasicConv(*a, precision=p, **k)
+        conv = functools.partial(BasicConv, precision=p)
         x = conv(32, (3, 3), strides=2, padding="VALID", name="Conv2d_1a_3x3")(x)
         x = conv(32, (3, 3), padding="VALID", name="Conv2d_2a_3x3")(x)
         x = conv(64, (3, 3), name="Conv2d_2b_3x3")(x)
