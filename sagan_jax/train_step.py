@@ -191,21 +191,30 @@ def _attention_gammas(g_params: Any, d_params: Any) -> dict[str, jax.Array]:
     return out
 
 
-def _cond(pred: jax.Array, true_fn: Callable, false_fn: Callable, *operands):
-    """`lax.cond` (a skipped G step costs nothing), except on CPU: there XLA runs the
-    convolutions inside a conditional branch ~30x slower (G's gradient at the digits
-    quick start's size: 6.7 s in a branch, 0.2 s outside), so both branches run and
-    the result is selected (the same values)."""
-    if jax.default_backend() != "cpu":
-        return lax.cond(pred, true_fn, false_fn, *operands)
+def _masked_cond(pred: jax.Array, true_fn: Callable, false_fn: Callable, *operands):
+    """`lax.cond`'s result computed without a conditional: both branches run, `pred` selects."""
     taken, skipped = true_fn(*operands), false_fn(*operands)
     return jax.tree.map(lambda a, b: jnp.where(pred, a, b), taken, skipped)
 
 
-def make_per_replica_step(config: Any, num_classes: int, channels: int) -> Callable:
+def _use_cond(skip_with_cond: bool | None) -> bool:
+    """Whether a skipped G step is skipped with `lax.cond` (None: everywhere but CPU).
+
+    `lax.cond` costs nothing for a skipped G step, but on CPU XLA runs convolutions
+    inside a conditional's branch ~20x slower (the digits quick start's step: 6.4 s
+    with `lax.cond`, 0.32 s masked, measured on a 2-core CPU), so there both branches
+    run and the result is selected: the same values at the cost of the G step.
+    """
+    return jax.default_backend() != "cpu" if skip_with_cond is None else skip_with_cond
+
+
+def make_per_replica_step(config: Any, num_classes: int, channels: int,
+                          skip_with_cond: bool | None = None) -> Callable:
     """The step of one replica, with collectives over `parallel.DATA_AXIS`.
 
     Run it with `make_train_step` (shard_map) or under `jax.pmap(axis_name=DATA_AXIS)`.
+    `skip_with_cond`: skip G steps with `lax.cond` (True) or by masking (False); None
+    chooses by backend (see `_use_cond`).
 
     Returns:
       `step(state, batch, rng) -> (state, metrics)`. `batch` is this replica's
@@ -221,6 +230,7 @@ def make_per_replica_step(config: Any, num_classes: int, channels: int) -> Calla
     z_dim = config.model.z_dim
     decay, ema_start = config.train.ema_decay, config.train.ema_start
     pmean = functools.partial(lax.pmean, axis_name=parallel.DATA_AXIS)
+    cond = lax.cond if _use_cond(skip_with_cond) else _masked_cond
 
     def run_g(g_params, g_state, z, y):
         fake, upd = g.apply({"params": g_params, **g_state}, z, y, train=True, mutable=_G_COLLECTIONS)
@@ -284,10 +294,10 @@ def make_per_replica_step(config: Any, num_classes: int, channels: int) -> Calla
         z_d, y_d = example_noise(key_d, indices, z_dim, n_labels)
 
         g_now = schedule.g_step_now(state.step, state.d_only_left, config.schedule)
-        state, g_loss, g_grad_norm = _cond(g_now, g_step, skip_g_step, state, z_g, y_g)
+        state, g_loss, g_grad_norm = cond(g_now, g_step, skip_g_step, state, z_g, y_g)
         state, stats = d_step(state, batch, z_d, y_d)
         # The EMA follows G's updates (as BigGAN's), so its horizon counts G steps.
-        state = _cond(g_now, update_ema, lambda s: s, state)
+        state = cond(g_now, update_ema, lambda s: s, state)
 
         window, d_only_left = schedule.update(
             state.d_loss_window, state.d_only_left, stats["d_loss"], state.step, config.schedule
@@ -303,7 +313,8 @@ def make_per_replica_step(config: Any, num_classes: int, channels: int) -> Calla
     return step_fn
 
 
-def make_train_step(config: Any, num_classes: int, channels: int, mesh: Mesh) -> Callable:
+def make_train_step(config: Any, num_classes: int, channels: int, mesh: Mesh,
+                    skip_with_cond: bool | None = None) -> Callable:
     """The compiled data-parallel step over `mesh`; it donates the state.
 
     Args:
@@ -311,6 +322,7 @@ def make_train_step(config: Any, num_classes: int, channels: int, mesh: Mesh) ->
       num_classes: classes of the dataset.
       channels: image channels.
       mesh: the 1-D data mesh (`parallel.create_mesh()`).
+      skip_with_cond: see `make_per_replica_step` (None: by backend).
 
     Returns:
       `step(state, batch, rng) -> (state, metrics)`: `state` replicated, `batch` the
@@ -319,7 +331,7 @@ def make_train_step(config: Any, num_classes: int, channels: int, mesh: Mesh) ->
       `g_updated` is 0).
     """
     parallel.check_divisible(config.train.batch_size, mesh)
-    fn = make_per_replica_step(config, num_classes, channels)
+    fn = make_per_replica_step(config, num_classes, channels, skip_with_cond)
     return parallel.data_parallel(
         fn, mesh, in_specs=(P(), P(parallel.DATA_AXIS), P()), out_specs=(P(), P()), donate_argnums=(0,)
     )

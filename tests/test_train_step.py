@@ -1,9 +1,11 @@
 """The compiled train step on the real (tiny) networks: semantics, data parallelism, EMA.
 
 Compiles are the cost on a 2-core CPU, so a few module-scoped runs feed several tests:
-- `run_1dev`: 1-device mesh, synced BN, TTUR with linear scaling, 2 iterations.
+- `run_1dev`: 1-device mesh, synced BN, TTUR with linear scaling, n_dis 2, 3 iterations
+  (G+D, D, G+D), G steps skipped by masking (the CPU default).
 - `run_4dev`: the same on 4 devices.
-- `run_dis`: 4 devices, bfloat16 compute, per-replica BN, D-loss limit 0 and n_dis 2.
+- `run_dis`: 4 devices, bfloat16 compute, per-replica BN, D-loss limit 0 and n_dis 2,
+  G steps skipped with `lax.cond` (the accelerator default).
 """
 import jax
 import jax.numpy as jnp
@@ -22,7 +24,7 @@ def _config(**overrides):
         model=dict(resolution=16, width=1 / 16, z_dim=16, conditional=True, g_attention=(8,),
                    d_attention=(8,), g_sn=True, dtype="float32", sn_iters=1, sn_eps=1e-12),
         optim=dict(g_lr=1e-4, d_lr=4e-4, b1=0.0, b2=0.9, lr_scaling="linear", base_batch=16),
-        schedule=dict(n_dis=1, d_loss_limit=float("inf"), window=5, d_only_steps=4),
+        schedule=dict(n_dis=2, d_loss_limit=float("inf"), window=5, d_only_steps=4),
         train=dict(batch_size=BATCH, seed=0, loss="hinge", ema_decay=0.9, ema_start=1,
                    sample_with_ema=True, bn_sync=True),
     ))
@@ -38,6 +40,7 @@ def _batch():
 
 
 RNG = jax.random.key(7)
+STEPS = 3
 # Compiling the step dominates these tests on a 2-core CPU; LLVM's cheap settings halve
 # it and leave the program (the HLO) and its float semantics unchanged.
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
@@ -52,12 +55,13 @@ def init_state():
     return jax.device_get(train_step.create_train_state(_config(), NUM_CLASSES, CHANNELS, jax.random.key(0)))
 
 
-def _run(cfg, state, mesh, steps):
+def _run(cfg, state, mesh, steps, skip_with_cond=None):
     """`steps` iterations; returns the host copies of every state and the metrics."""
     device_state = jax.device_put(state, parallel.replicated_sharding(mesh))
     batch = jax.device_put(_batch(), parallel.batch_sharding(mesh))
     # One executable serves every iteration: the schedule cannot ask for a recompile.
-    fn = _compile(train_step.make_train_step(cfg, NUM_CLASSES, CHANNELS, mesh), device_state, batch, RNG)
+    step = train_step.make_train_step(cfg, NUM_CLASSES, CHANNELS, mesh, skip_with_cond)
+    fn = _compile(step, device_state, batch, RNG)
     states, metrics = [state], []
     for _ in range(steps):
         device_state, m = fn(device_state, batch, RNG)
@@ -68,12 +72,12 @@ def _run(cfg, state, mesh, steps):
 
 @pytest.fixture(scope="module")
 def run_1dev(init_state):
-    return _run(_config(), init_state, parallel.create_mesh(jax.devices()[:1]), 2)
+    return _run(_config(), init_state, parallel.create_mesh(jax.devices()[:1]), STEPS)
 
 
 @pytest.fixture(scope="module")
 def run_4dev(init_state):
-    return _run(_config(), init_state, parallel.create_mesh(), 2)
+    return _run(_config(), init_state, parallel.create_mesh(), STEPS)
 
 
 def _adam_first_step(params, grads, lr, b1=0.0, b2=0.9, eps=1e-8):
@@ -186,17 +190,19 @@ def test_ttur_rates_reach_the_right_optimizer(init_state, run_1dev):
 
 
 def test_ema_arithmetic(run_1dev):
-    """ema_start = 1: a copy after iteration 0, then 0.9 * ema + 0.1 * params."""
-    states = run_1dev[0]
-    s1, s2 = states[1], states[2]
+    """ema_start = 1: a copy after iteration 0, untouched by the D-only iteration 1, then
+    0.9 * ema + 0.1 * params after iteration 2 (BN statistics alike, SN vectors copied)."""
+    s1, s2, s3 = run_1dev[0][1:]
     assert _max_diff(s1.ema_params, s1.g_params) == 0
     assert _max_diff(s1.ema_state, s1.g_state) == 0
-    expected = jax.tree.map(lambda e, p: 0.9 * e + 0.1 * p, s1.ema_params, s2.g_params)
-    assert _max_diff(s2.ema_params, expected) < 1e-7
-    assert _max_diff(s2.ema_params, s2.g_params) > 1e-6
-    expected_bn = jax.tree.map(lambda e, p: 0.9 * e + 0.1 * p, s1.ema_state["batch_stats"], s2.g_state["batch_stats"])
-    assert _max_diff(s2.ema_state["batch_stats"], expected_bn) < 1e-6
-    assert _max_diff(s2.ema_state["spectral_norm"], s2.g_state["spectral_norm"]) == 0
+    assert _max_diff(s2.ema_params, s1.ema_params) == 0 and _max_diff(s2.g_params, s1.g_params) == 0
+    assert _max_diff(s2.ema_state, s1.ema_state) == 0
+    expected = jax.tree.map(lambda e, p: 0.9 * e + 0.1 * p, s2.ema_params, s3.g_params)
+    assert _max_diff(s3.ema_params, expected) < 1e-7
+    assert _max_diff(s3.ema_params, s3.g_params) > 1e-6
+    expected_bn = jax.tree.map(lambda e, p: 0.9 * e + 0.1 * p, s2.ema_state["batch_stats"], s3.g_state["batch_stats"])
+    assert _max_diff(s3.ema_state["batch_stats"], expected_bn) < 1e-6
+    assert _max_diff(s3.ema_state["spectral_norm"], s3.g_state["spectral_norm"]) == 0
     tree = {"w": np.array([1.0, 2.0])}
     out = train_step.ema_update(tree, {"w": np.array([3.0, 6.0])}, jnp.int32(5), 0.75, 5)
     np.testing.assert_allclose(out["w"], [1.5, 3.0])
@@ -208,10 +214,34 @@ def test_metrics_are_scalars_with_attention_gammas(run_1dev):
     states, metrics, _ = run_1dev
     expected = {"d_loss", "g_loss", "d_real", "d_fake", "g_updated", "d_only_left", "g_grad_norm",
                 "d_grad_norm", "gamma/g_attention0", "gamma/d_attention0"}
-    assert set(metrics[1]) == expected
-    assert all(np.shape(v) == () for v in metrics[1].values())
-    assert metrics[1]["gamma/g_attention0"] == states[2].g_params["attention0"]["gamma"] != 0
-    assert metrics[1]["gamma/d_attention0"] == states[2].d_params["attention0"]["gamma"] != 0
+    assert set(metrics[2]) == expected
+    assert all(np.shape(v) == () for m in metrics for v in m.values())
+    assert [m["g_updated"] for m in metrics] == [1, 0, 1]   # n_dis 2
+    assert metrics[1]["g_loss"] == metrics[1]["g_grad_norm"] == 0 < metrics[2]["g_grad_norm"]
+    assert metrics[2]["gamma/g_attention0"] == states[3].g_params["attention0"]["gamma"] != 0
+    assert metrics[2]["gamma/d_attention0"] == states[3].d_params["attention0"]["gamma"] != 0
+
+
+def _assert_same_state(a, b):
+    """Two runs of `STEPS` iterations from the same start reached the same state."""
+    g_lr, d_lr = train_step.scaled_learning_rates(_config())
+    assert _max_diff(a.g_opt[0].mu, b.g_opt[0].mu) < 1e-5
+    assert _max_diff(a.d_opt[0].mu, b.d_opt[0].mu) < 1e-5
+    _assert_same_params(a.g_params, b.g_params, a.g_opt[0].mu, g_lr, STEPS)
+    _assert_same_params(a.ema_params, b.ema_params, a.g_opt[0].mu, g_lr, STEPS)
+    _assert_same_params(a.d_params, b.d_params, a.d_opt[0].mu, d_lr, STEPS)
+    _assert_same_g_state(a.g_state, b.g_state, mean_tol=5e-4)
+    _assert_same_g_state(a.ema_state, b.ema_state, mean_tol=5e-4)
+    assert _max_diff(a.d_state, b.d_state) < 1e-6
+    assert int(a.step) == int(b.step) == STEPS
+    np.testing.assert_allclose(a.d_loss_window, b.d_loss_window, rtol=1e-5)
+
+
+def _assert_same_metrics(a, b):
+    for x, y in zip(a, b):
+        assert set(x) == set(y)
+        for name in x:
+            np.testing.assert_allclose(x[name], y[name], rtol=1e-5, atol=1e-7, err_msg=name)
 
 
 def test_one_and_four_devices_give_the_same_update(run_1dev, run_4dev):
@@ -220,20 +250,8 @@ def test_one_and_four_devices_give_the_same_update(run_1dev, run_4dev):
     Adam's steps are nearly sign(gradient), blind to its scale, so the gradients
     (Adam's mu, b1 = 0) and their norms are compared too: N x gradients would show.
     """
-    (s1, m1, _), (s4, m4, _) = run_1dev, run_4dev
-    g_lr, d_lr = train_step.scaled_learning_rates(_config())
-    a, b = s1[2], s4[2]
-    assert _max_diff(a.g_opt[0].mu, b.g_opt[0].mu) < 1e-5
-    assert _max_diff(a.d_opt[0].mu, b.d_opt[0].mu) < 1e-5
-    _assert_same_params(a.g_params, b.g_params, a.g_opt[0].mu, g_lr, 2)
-    _assert_same_params(a.ema_params, b.ema_params, a.g_opt[0].mu, g_lr, 2)
-    _assert_same_params(a.d_params, b.d_params, a.d_opt[0].mu, d_lr, 2)
-    _assert_same_g_state(a.g_state, b.g_state, mean_tol=5e-4)
-    _assert_same_g_state(a.ema_state, b.ema_state, mean_tol=5e-4)
-    assert _max_diff(a.d_state, b.d_state) < 1e-6
-    for x, y in zip(m1, m4):
-        for name in x:
-            np.testing.assert_allclose(x[name], y[name], rtol=1e-5, atol=1e-7, err_msg=name)
+    _assert_same_state(run_1dev[0][-1], run_4dev[0][-1])
+    _assert_same_metrics(run_1dev[1], run_4dev[1])
 
 
 def _stack(tree, n):
@@ -241,24 +259,26 @@ def _stack(tree, n):
 
 
 def test_pmap_matches_shard_map(init_state, run_4dev):
-    """The same per-replica step under jax.pmap gives the shard_map run's numbers."""
+    """The same per-replica step under jax.pmap gives the shard_map run's numbers.
+
+    The pmap run skips its G step with `lax.cond`, the shard_map run by masking, so
+    the two ways of skipping are compared as well.
+    """
     n = 4
-    step = jax.pmap(train_step.make_per_replica_step(_config(), NUM_CLASSES, CHANNELS),
+    step = jax.pmap(train_step.make_per_replica_step(_config(), NUM_CLASSES, CHANNELS, skip_with_cond=True),
                     axis_name=parallel.DATA_AXIS, in_axes=(0, 0, None))
-    # On the devices as pmap leaves its outputs, so both calls run one executable.
+    # On the devices as pmap leaves its outputs, so every call runs one executable.
     state = jax.pmap(lambda x: x)(_stack(init_state, n))
     batch = jax.tree.map(lambda x: np.asarray(x).reshape(n, BATCH // n, *x.shape[1:]), _batch())
     step = _compile(step, state, batch, RNG)
     metrics = []
-    for _ in range(2):
+    for _ in range(STEPS):
         state, m = step(state, batch, RNG)
         metrics.append(jax.device_get(m))
     state = jax.device_get(state)
-    shard_map_state, shard_map_metrics, _ = run_4dev
-    assert _max_diff(state, _stack(shard_map_state[2], n)) < 1e-6
-    for x, y in zip(metrics, shard_map_metrics):
-        for name in y:
-            np.testing.assert_allclose(x[name], np.broadcast_to(y[name], (n,)), rtol=1e-6, atol=1e-8)
+    for replica in range(n):
+        _assert_same_state(jax.tree.map(lambda x: x[replica], state), run_4dev[0][-1])
+        _assert_same_metrics([jax.tree.map(lambda x: x[replica], m) for m in metrics], run_4dev[1])
 
 
 @pytest.fixture(scope="module")
@@ -266,7 +286,7 @@ def run_dis(init_state):
     """bfloat16, per-replica BN, n_dis 2 and a D-loss limit of 0 (hinge D loss >= 0)."""
     cfg = _config(**{"model.dtype": "bfloat16", "train.bn_sync": False,
                      "schedule.d_loss_limit": 0.0, "schedule.n_dis": 2})
-    return _run(cfg, init_state, parallel.create_mesh(), 11)
+    return _run(cfg, init_state, parallel.create_mesh(), 11, skip_with_cond=True)
 
 
 def test_schedule_runs_inside_the_step(run_dis):
@@ -304,20 +324,20 @@ def test_per_replica_bn_keeps_the_replicated_state_identical(run_dis):
         assert len(shards) == 4 and all(np.array_equal(shards[0], s) for s in shards[1:])
 
 
-def test_generate_is_eval_mode_g_independent_of_device_count(run_1dev):
+def test_generate_is_eval_mode_g_with_per_example_noise(run_1dev):
+    """4 devices reproduce eval-mode G fed the noise of each example's global index."""
     cfg = _config()
-    state = run_1dev[0][2]
+    state = run_1dev[0][-1]
     labels = np.arange(BATCH) % NUM_CLASSES
     key = jax.random.key(3)
     g, _ = build_models(cfg.model, NUM_CLASSES, CHANNELS)
     z, _ = train_step.example_noise(key, jnp.arange(BATCH), cfg.model.z_dim, 0)
-    expected = jax.jit(g.apply)({"params": state.ema_params, **state.ema_state}, z, labels)
-    for mesh in (parallel.create_mesh(jax.devices()[:1]), parallel.create_mesh()):
-        images = train_step.make_generate_fn(cfg, NUM_CLASSES, CHANNELS, mesh)(
-            state.ema_params, state.ema_state, key, labels)
-        assert images.shape == (BATCH, 16, 16, CHANNELS) and images.dtype == jnp.float32
-        np.testing.assert_allclose(images, expected, atol=1e-5)
+    variables = {"params": state.ema_params, **state.ema_state}
+    expected = _compile(jax.jit(g.apply), variables, z, labels)(variables, z, labels)
+    generate = train_step.make_generate_fn(cfg, NUM_CLASSES, CHANNELS, parallel.create_mesh())
+    images = generate(state.ema_params, state.ema_state, key, labels)
+    assert images.shape == (BATCH, 16, 16, CHANNELS) and images.dtype == jnp.float32
+    np.testing.assert_allclose(images, expected, atol=1e-5)
     assert np.abs(expected).max() <= 1.0 and np.std(expected) > 1e-3
     with pytest.raises(ValueError, match="multiple of 4"):
-        train_step.make_generate_fn(cfg, NUM_CLASSES, CHANNELS, parallel.create_mesh())(
-            state.ema_params, state.ema_state, key, labels[:6])
+        generate(state.ema_params, state.ema_state, key, labels[:6])
