@@ -11,10 +11,18 @@ power iteration and uses batch BN statistics, as in the original:
   separate D passes, on the real batch and then on the fakes, as the original did, so
   D's `u`s advance twice (three times per iteration with the G step); only D is updated.
 
-Data parallelism has pmap semantics: `per_replica_step` sees its own slice of the batch
-and averages gradients and losses with explicit `lax.pmean` over `parallel.DATA_AXIS`.
-It runs as `jax.jit(jax.shard_map(...))` (replication checks off, see
-`parallel.data_parallel`) and, unchanged, under `jax.pmap`.
+A skipped G step (n_dis, D-only countdown) is a `lax.cond` branch not taken, except on
+CPU, where it is computed and masked (see `_use_cond`); both give the same numbers.
+The EMA of G's weights is updated on the device after each G update.
+
+Data parallelism has pmap semantics: the step of `make_per_replica_step` sees its own
+slice of the batch and averages gradients and losses with explicit `lax.pmean` over
+`parallel.DATA_AXIS`. It runs as `jax.jit(jax.shard_map(...))` (replication checks off,
+see `parallel.data_parallel`) and, unchanged, under `jax.pmap`. BN normalises with the
+statistics of the replica's own slice (`train.bn_sync = False`, like the original's one
+GPU at batch / N) or of the global batch (True); per-replica running averages are
+averaged across replicas so the state stays replicated. SN's `u` needs no collective:
+every replica runs the same power iteration on the same weights.
 
 Noise: each example's `z` and fake label come from the step's key folded with the
 example's *global* index (replica index x local batch + position), so every replica
