@@ -9,14 +9,14 @@ reference statistics. The reference statistics are computed once per dataset and
 so they are not timed (synthetic ones stand in here). Inception weights: `--weights`
 (converted) or random He-initialised ones, which run at the same speed.
 
-Rows: "generate" = G only; "features" = resize + Inception, with the transfers to and from
-the host (as for real images); "generate+features" =
-the evaluator's pipelined loop (generation, Inception, transfer to the host); "IS+FID
-scores" = host float64 work at N; "IS+FID scores @50k" = the same host work measured on
-50,000 synthetic 2048-d features; "KID" is extra (100 subsets of 1000), not in the total.
-TFLOP/s uses XLA's FLOP count of the compiled single-device programs.
-"50k total (extrapolated)" = per-image "generate+features" time x 50,000 + the measured
-"IS+FID scores @50k" row.
+Rows ("batch" images per iteration; "ms/iter" per batch): "generate" = G only;
+"features" = resize + Inception with the transfers to and from the host (as for real
+images); "generate+features" = the evaluator's pipelined loop over all N samples
+(generation, Inception, features to the host), per batch. Score rows are host float64
+work, "batch" = samples scored, "ms/iter" = the whole computation: "IS+FID scores" at N,
+"IS+FID scores @50k" on 50,000 synthetic 2048-d features, "KID (extra)" (100 subsets of
+1000; not in the totals). TFLOP/s uses XLA's FLOP count of the single-device programs.
+"50k total (extrapolated)" = the loop's time per image x 50,000 + "IS+FID scores @50k".
 
   python benchmarks/eval_benchmark.py --num_samples=50000 --batch_size=500   # GPU
   python benchmarks/eval_benchmark.py --num_samples=192 --batch_size=64      # CPU
@@ -95,8 +95,7 @@ def main() -> None:
     ev = Evaluator("inception", inception.extract, variables, mesh, args.batch_size, splits=10)
     ref = reference.ReferenceStats.from_features(
         np.random.default_rng(1).random((4096, 2048), dtype=np.float32))
-    ev.set_reference(ref)
-    sqrt_sigma_ref = scores.sqrt_psd(ref.sigma)  # once per evaluator, as in set_reference
+    sqrt_sigma_ref = scores.sqrt_psd(ref.sigma)  # once per evaluator (`set_reference`)
 
     bs, key = args.batch_size, jax.random.key(0)
     labels = jax.device_put(np.arange(bs, dtype=np.int32) % NUM_CLASSES,
@@ -126,11 +125,12 @@ def main() -> None:
     n = args.num_samples
     device = f"{jax.devices()[0].device_kind} x{mesh.size}"
     rows = [("generate", bs, t_gen, g_flops), ("features", bs, t_inc, i_flops),
-            ("generate+features", n, t_loop, g_flops + i_flops),
-            ("IS+FID scores", n, t_scores, 0.0), ("IS+FID scores @50k", 50_000, t_scores_50k, 0.0),
+            ("generate+features", bs, t_loop / -(-n // bs), g_flops + i_flops),
+            ("IS+FID scores", n, t_scores, 0.0),
+            ("IS+FID scores @50k", 50_000, t_scores_50k, 0.0),
             ("KID (extra)", n, t_kid, 0.0)]
     print(f"{'stage':22s} {'device':18s} {'batch':>7s} {'ms/iter':>10s} {'img/s':>9s} {'TFLOP/s':>8s}")
-    for name, batch, seconds, flop_per_img in rows:
+    for name, batch, seconds, flop_per_img in rows:  # seconds per iteration
         tflops = flop_per_img * batch / seconds / 1e12 if flop_per_img else float("nan")
         print(f"{name:22s} {device:18s} {batch:7d} {seconds * 1e3:10.1f} "
               f"{batch / seconds:9.1f} {tflops:8.3f}")
