@@ -34,10 +34,10 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
-import flax
 import jax
 import jax.numpy as jnp
 import optax
+from flax import struct, traverse_util
 from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
 
@@ -50,7 +50,7 @@ _D_COLLECTIONS = ["spectral_norm"]
 _CHEAP_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
-@flax.struct.dataclass
+@struct.dataclass
 class TrainState:
     """Everything that changes during training; replicated on the data mesh.
 
@@ -193,7 +193,7 @@ def _attention_gammas(g_params: Any, d_params: Any) -> dict[str, jax.Array]:
     """Each attention block's gamma, named 'gamma/g_<block>' or 'gamma/d_<block>'."""
     out = {}
     for net, params in (("g", g_params), ("d", d_params)):
-        for path, value in flax.traverse_util.flatten_dict(params).items():
+        for path, value in traverse_util.flatten_dict(params).items():
             if path[-1] == "gamma" and len(path) == 2:
                 out[f"gamma/{net}_{path[0]}"] = value
     return out
