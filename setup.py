@@ -32,6 +32,7 @@ setup(
             "torch==2.14.1",
             "torchvision==0.29.1",
             "pytorch-fid>=0.3",
+            "torch-fidelity>=0.3",
         ],
         "test": [
             "pytest>=8.0",

@@ -4,8 +4,13 @@ XLA reads the flag once, when jax first initialises its backends, so it is set h
 before any test module imports jax. Single-device tests build their own one-device mesh.
 """
 import os
+import sys
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# torchvision / torch-fidelity import triton when it is installed (the CUDA build of
+# torch); triton loaded after TensorFlow crashes the process, and the CPU tests never
+# need it, so it is hidden for the whole session.
+sys.modules.setdefault("triton", None)

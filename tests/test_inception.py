@@ -6,17 +6,10 @@ download) is randomised, its BatchNorm statistics calibrated on the test images,
 state dict saved to a .pth. Our converter turns that file into our format; torch-fidelity's
 FeatureExtractorInceptionV3 loads the same .pth. No network access, no real weights.
 """
-import sys
-
 import numpy as np
 import pytest
 
 from sagan_jax.evaluation import convert, inception
-
-# Loading triton (torchvision and torch-fidelity pull it in via torch._dynamo) after
-# TensorFlow segfaults the process (their LLVMs clash), and other test files import TF.
-# The PyTorch references here run eagerly on the CPU and never use triton: keep it out.
-sys.modules.setdefault("triton", None)
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")

@@ -1,6 +1,4 @@
 """IS / FID / KID against the reference formulas on identical features."""
-import sys
-
 import numpy as np
 import pytest
 import scipy.linalg
@@ -8,11 +6,6 @@ import scipy.special
 import scipy.stats
 
 from sagan_jax.evaluation import scores
-
-# Loading triton (torchvision and torch-fidelity pull it in via torch._dynamo) after
-# TensorFlow segfaults the process (their LLVMs clash), and other test files import TF.
-# The PyTorch references here run eagerly on the CPU and never use triton: keep it out.
-sys.modules.setdefault("triton", None)
 
 
 def _features(n, d, seed, shift=0.0):
