@@ -1,0 +1,60 @@
+"""Command line: `python -m sagan_jax.main --config=configs/X.py[:arg] --workdir=DIR`.
+
+Config fields are overridden with `--config.section.field=value`; the config is locked,
+so a misspelt field stops the run with one line instead of being silently added.
+A rerun with the same workdir resumes from its latest checkpoint.
+"""
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and sample grids.")
+config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file, e.g. configs/digits.py or configs/cifar10.py:case=5.",
+    lock_config=True)
+flags.mark_flags_as_required(["config", "workdir"])
+
+# Errors a user can cause (bad paths, bad values, a NaN run): shown as their one line.
+USER_ERRORS = (ValueError, OSError, FloatingPointError)
+
+
+def _one_line(error: Exception) -> str:
+    """The message of `error` on one line; for a wrapped traceback, its last line."""
+    lines = [line.strip() for line in str(error).replace("\\n", "\n").splitlines() if line.strip()]
+    if any(line.startswith("Traceback") for line in lines):
+        lines = lines[-1:]
+    return " ".join(lines).strip("'\"")
+
+
+def parse_flags(argv):
+    """absl's parsing, with errors from the config file or its overrides as one line."""
+    try:
+        return FLAGS(argv)
+    except (KeyError, AttributeError) as e:  # An override of a field the config lacks.
+        message = _one_line(e)
+        bad = message.split("'")[0] if "'" in message else message.split()[0]
+        overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+        culprit = next((o for o in overrides if bad in o.split(".")), " ".join(overrides))
+        hint = message[message.find("Did you mean"):] if "Did you mean" in message else ""
+        sys.exit(f"error: unknown config key {culprit}. {hint}".strip())
+    except (flags.Error, *USER_ERRORS) as e:
+        sys.exit(f"error: {_one_line(e)}")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from sagan_jax import checkpointing, train  # pylint: disable=g-import-not-at-top
+
+    checkpointing.quiet_orbax_logs()
+    try:
+        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except USER_ERRORS as e:
+        logging.debug("stopped", exc_info=True)
+        sys.exit(f"error: {_one_line(e)}")
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)
