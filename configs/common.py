@@ -80,6 +80,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.checkpoint.keep = 3
 
     c.log = ml_collections.ConfigDict()
+    c.train.ema_start = 0  # So that the EMA of G differs from G within the few steps.
     c.log.every_steps = 100
     c.log.sample_every_steps = 1000
     c.log.grid_rows = 8  # Samples per class (rows); one column per class.
@@ -139,6 +140,7 @@ def make_test_variant(c: ml_collections.ConfigDict, width: float = 1 / 16) -> No
     c.train.num_steps = 3
     c.checkpoint.every_steps = 2
     c.checkpoint.keep = 2
+    c.train.ema_start = 0  # So that the EMA of G differs from G within the few steps.
     c.log.every_steps = 1
     c.log.sample_every_steps = 2
     c.log.grid_rows = 2

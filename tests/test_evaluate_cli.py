@@ -1,0 +1,105 @@
+"""`python -m sagan_jax.evaluate`: every checkpoint, EMA and raw G, JSON/CSV/TensorBoard outputs.
+
+Scores of a tiny digits run (digits feature net, so no Inception weights are needed) are
+compared with the evaluator called directly on the restored checkpoint's weights.
+"""
+import csv
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import pytest
+from compiled_once import compile_once  # noqa: F401 -- an autouse fixture.
+
+from sagan_jax import checkpointing, evaluate, input_pipeline, parallel, train, train_step
+from sagan_jax.evaluation.evaluator import Evaluator
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_SAMPLES = 64
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A 3-step digits run with checkpoints 2 and 3 (its EMA of G already differs from G)."""
+    config = importlib.import_module("configs.digits").get_config("test")
+    config.eval.stats_dir = str(tmp_path_factory.mktemp("stats"))
+    workdir = str(tmp_path_factory.mktemp("run"))
+    train.train_and_evaluate(config, workdir)
+    return workdir, config
+
+
+def direct_scores(workdir, config, step, weights):
+    """The evaluator called on the checkpoint's weights without the CLI's plumbing."""
+    mesh = parallel.create_mesh()
+    ds = input_pipeline.create_dataset(config.data, 4, config.train.seed, mesh)
+    like = jax.device_put(train_step.create_train_state(config, 10, 1, jax.random.key(1)),
+                          parallel.replicated_sharding(mesh))
+    ckpts = checkpointing.Checkpoints(workdir, 3, read_only=True)
+    state = ckpts.restore(step, like)
+    ckpts.close()
+    params, model_state = (state.ema_params, state.ema_state) if weights == "ema" else (
+        state.g_params, state.g_state)
+    gen = train_step.make_generate_fn(config, 10, 1, mesh)
+    ev = Evaluator.create(config.eval, config.data, mesh,
+                          real_batches=lambda: ds.eval_iterator(config.eval.batch_size))
+    return ev.evaluate(lambda k, y: gen(params, model_state, k, y), 10, NUM_SAMPLES,
+                       jax.random.key(0))
+
+
+def test_scores_every_checkpoint_with_both_generators(run):
+    workdir, config = run
+    rows = evaluate.evaluate_workdir(workdir, num_samples=NUM_SAMPLES)
+    assert [(r["step"], r["generator"]) for r in rows] == [
+        (2, "ema"), (2, "raw"), (3, "ema"), (3, "raw")]
+    by = {(r["step"], r["generator"]): r for r in rows}
+    for weights in ("ema", "raw"):
+        expected = direct_scores(workdir, config, 3, weights)
+        for name in ("IS", "IS_std", "FID", "KID"):
+            assert by[3, weights][name] == pytest.approx(expected[name], rel=1e-6, abs=1e-9)
+    assert by[3, "ema"]["FID"] != by[3, "raw"]["FID"]
+
+    out = os.path.join(workdir, "eval")
+    with open(os.path.join(out, "step_0000003.json")) as f:
+        assert json.load(f) == rows[2:]
+    with open(os.path.join(out, "scores.csv")) as f:
+        table = list(csv.DictReader(f))
+    assert [(int(r["step"]), r["generator"], float(r["FID"])) for r in table] == [
+        (r["step"], r["generator"], r["FID"]) for r in rows]
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(out))
+
+    # One step only: the same numbers (same key), and the CSV keeps every step once.
+    again = evaluate.evaluate_workdir(workdir, step=3, num_samples=NUM_SAMPLES,
+                                      generators=("raw",))
+    assert again == [by[3, "raw"]]
+    with open(os.path.join(out, "scores.csv")) as f:
+        assert len(list(csv.DictReader(f))) == 3  # step 3 now holds only the raw row
+
+
+def test_missing_step_and_missing_run_are_one_line(run, tmp_path):
+    workdir, _ = run
+    with pytest.raises(FileNotFoundError, match="no checkpoint of step 7") as e:
+        evaluate.evaluate_workdir(workdir, step=7, num_samples=NUM_SAMPLES)
+    assert "\n" not in str(e.value)
+    result = subprocess.run(
+        [sys.executable, "-m", "sagan_jax.evaluate", f"--workdir={tmp_path}"],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path}/config.json not found; give the --workdir of a training run.")
+
+
+def test_missing_inception_weights_are_one_line(run, tmp_path):
+    workdir, _ = run
+    copy = str(tmp_path / "run")
+    shutil.copytree(workdir, copy)
+    config = checkpointing.read_config(copy)
+    config.eval.feature_net = "inception"
+    config.eval.inception_weights = str(tmp_path / "missing.npz")
+    checkpointing.write_config(copy, config)
+    with pytest.raises(FileNotFoundError) as e:
+        evaluate.evaluate_workdir(copy, num_samples=NUM_SAMPLES)
+    assert "\n" not in str(e.value)

@@ -1,0 +1,287 @@
+"""The driver end to end: every config's `test` variant, resume, SIGKILL while saving,
+the NaN guard and the bad inputs a user can give, through `train.train_and_evaluate`.
+(`compile_once`: one compilation per architecture for all these runs.)
+"""
+import glob
+import importlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from compiled_once import compile_once  # noqa: F401 -- an autouse fixture.
+from PIL import Image
+
+from sagan_jax import checkpointing, input_pipeline, train, train_step
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load(name, arg="test"):
+    return importlib.import_module(f"configs.{name}").get_config(arg)
+
+
+def leaves(state):
+    return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state))]
+
+
+def assert_same_state(a, b):
+    la, lb = leaves(a), leaves(b)
+    assert len(la) == len(lb)
+    for x, y in zip(la, lb):
+        np.testing.assert_array_equal(x, y)
+
+
+def png_tree(root, classes, per_class, size=20):
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        os.makedirs(os.path.join(root, f"class_{c}"))
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(os.path.join(root, f"class_{c}", f"{i}.png"))
+    return root
+
+
+def event_tags(workdir):
+    from tensorboard.backend.event_processing import event_accumulator
+
+    acc = event_accumulator.EventAccumulator(workdir, size_guidance={"tensors": 0})
+    acc.Reload()
+    return set(acc.Tags()["tensors"])
+
+
+# AnimeFace's test tree has Flowers' 102 classes, so both 96 px runs share one compilation.
+@pytest.mark.parametrize("name,classes", [
+    ("digits", 10), ("cifar10", 10), ("stl10", 10), ("flowers", 102), ("animeface", 102)])
+def test_config_test_variant_trains_end_to_end(name, classes, tmp_path):
+    config = load(name)
+    if name == "digits":  # The quick start's hook: digits-net scores at step 2 and the end.
+        config.eval.every_steps = 2
+        config.eval.stats_dir = str(tmp_path / "stats")
+    elif name == "cifar10":  # Without Inception weights the run goes on unscored.
+        config.eval.every_steps = 2
+        config.eval.inception_weights = str(tmp_path / "missing.npz")
+    elif name == "animeface":
+        config.data.path = png_tree(str(tmp_path / "anime"), classes=102, per_class=1)
+    workdir = str(tmp_path / "run")
+    with tfds.testing.mock_data(num_examples=16):
+        state = train.train_and_evaluate(config, workdir)
+
+    assert int(state.step) == config.train.num_steps == 3
+    assert all(np.isfinite(x).all() for x in leaves(state) if x.dtype.kind == "f")
+    assert checkpointing.Checkpoints(workdir, 2, read_only=True).all_steps() == [2, 3]
+    assert checkpointing.read_config(workdir) == config
+    # One column per class shown (at most log.grid_classes), log.grid_rows rows.
+    res, scale = config.model.resolution, max(1, 64 // config.model.resolution)
+    cols = min(classes, config.log.grid_classes)
+    for step in (2, 3):
+        grid = Image.open(os.path.join(workdir, "samples", f"step_{step:07d}.png"))
+        assert grid.size == ((cols * (res + 1) + 1) * scale, (2 * (res + 1) + 1) * scale)
+    assert os.path.exists(os.path.join(workdir, "interpolations.png"))
+    tags = event_tags(workdir)
+    assert {"train/d_loss", "train/g_loss", "samples", "steps_per_sec"} <= tags
+    if name == "digits":
+        assert {"eval/ema/IS", "eval/ema/FID", "eval/ema/KID"} <= tags
+    else:
+        assert not any(t.startswith("eval/") for t in tags)
+
+
+def digits_config(num_steps, every=2):
+    config = load("digits")
+    config.train.num_steps = num_steps
+    config.checkpoint.every_steps = every
+    config.checkpoint.keep = 3
+    return config
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """An uninterrupted 4-step digits run (checkpoints 2 and 4) and its final state."""
+    workdir = str(tmp_path_factory.mktemp("reference"))
+    state = train.train_and_evaluate(digits_config(4), workdir)
+    return workdir, jax.device_get(state)
+
+
+def test_resume_reaches_the_same_state_bit_for_bit(reference_run, tmp_path):
+    _, expected = reference_run
+    workdir = str(tmp_path)
+    half = train.train_and_evaluate(digits_config(2), workdir)
+    assert int(half.step) == 2
+    resumed = train.train_and_evaluate(digits_config(4), workdir)
+    assert_same_state(resumed, expected)
+    assert checkpointing.Checkpoints(workdir, 3, read_only=True).all_steps() == [2, 4]
+
+
+# A training run in a child process that blocks inside orbax's final rename of the step
+# 4 checkpoint (its files written, its directory still temporary) and says so: the test
+# SIGKILLs it at exactly that point. The child's step is a stand-in (every float +1) that
+# compiles in a second: what is tested is the checkpointing, not the numbers.
+CHILD = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, {repo!r})
+    import jax, jax.numpy as jnp
+    from orbax.checkpoint._src.path import atomicity
+    from sagan_jax import train, train_step
+    from configs import digits
+
+    finalize = atomicity.AtomicRenameTemporaryPath.finalize
+
+    async def blocking_finalize(self, *args, **kwargs):
+        if self.get_final().name == "4":
+            print("SAVING 4", flush=True)
+            time.sleep(600)
+        return await finalize(self, *args, **kwargs)
+
+    def plus_one_step(*unused_args, **unused_kwargs):
+        def step(state, batch, rng):
+            state = jax.tree.map(
+                lambda x: x + 1 if jnp.issubdtype(x.dtype, jnp.floating) else x, state)
+            return state.replace(step=state.step + 1), dict(d_loss=0.0, g_loss=0.0)
+        return jax.jit(step)
+
+    atomicity.AtomicRenameTemporaryPath.finalize = blocking_finalize
+    train_step.make_train_step = plus_one_step
+    config = digits.get_config("test")
+    config.train.num_steps, config.checkpoint.every_steps = 6, 2
+    config.checkpoint.keep, config.log.sample_every_steps = 3, 100
+    train.train_and_evaluate(config, sys.argv[1])
+""")
+
+
+def test_sigkill_while_saving_resumes_from_the_last_complete_checkpoint(tmp_path):
+    workdir = str(tmp_path / "run")
+    script = tmp_path / "child.py"
+    script.write_text(CHILD.format(repo=REPO))
+    child = subprocess.Popen([sys.executable, str(script), workdir], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True, cwd=REPO)
+    try:
+        deadline = time.time() + 180
+        line = ""
+        while "SAVING 4" not in line and time.time() < deadline and child.poll() is None:
+            line = child.stdout.readline()
+        assert "SAVING 4" in line, "the child never reached the save of step 4"
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+    ckpt_dir = os.path.join(workdir, checkpointing.CHECKPOINT_DIR)
+    assert sorted(os.listdir(ckpt_dir)) == ["2", "4.orbax-checkpoint-tmp"]
+
+    config = digits_config(4)
+    init_key = jax.random.split(jax.random.key(config.train.seed), 4)[0]
+    initial = train_step.create_train_state(config, 10, 1, init_key)
+    ckpts = checkpointing.Checkpoints(workdir, 3, read_only=True)
+    restored, step = ckpts.restore_latest(initial, config)
+    ckpts.close()
+    assert step == 2 and int(restored.step) == 2
+    for before, after in zip(leaves(initial), leaves(restored)):
+        if before.dtype.kind == "f":  # Two stand-in steps: every float + 1, twice.
+            np.testing.assert_array_equal(after, before + 1 + 1)
+
+    resumed = train.train_and_evaluate(config, workdir)  # Real steps 3 and 4.
+    assert int(resumed.step) == 4
+    assert sorted(os.listdir(ckpt_dir)) == ["2", "4"]
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_one_before(reference_run, tmp_path, caplog):
+    source, expected = reference_run
+    workdir = str(tmp_path / "run")
+    shutil.copytree(source, workdir)
+    for path in glob.glob(os.path.join(workdir, "checkpoints", "4", "state", "**", "d", "*"),
+                          recursive=True):
+        with open(path, "r+b") as f:  # As a crash or a full disk leaves them: truncated.
+            f.truncate(3)
+    resumed = train.train_and_evaluate(digits_config(4), workdir)
+    assert_same_state(resumed, expected)
+    assert "checkpoint step 4 is unreadable" in caplog.text
+    assert len(os.listdir(os.path.join(workdir, checkpointing.CORRUPT_DIR))) == 1
+
+
+def test_checkpoints_of_another_architecture_are_refused_and_kept(reference_run, tmp_path):
+    source, _ = reference_run
+    workdir = str(tmp_path / "run")
+    shutil.copytree(source, workdir)
+    before = files_and_times(workdir)
+    config = digits_config(6)
+    config.model.width *= 2
+    with pytest.raises(ValueError, match="different architecture") as e:
+        train.train_and_evaluate(config, workdir)
+    assert "\n" not in str(e.value) and "model.width" in str(e.value)
+    assert files_and_times(workdir) == before
+
+
+def files_and_times(root):
+    paths = glob.glob(f"{root}/**", recursive=True)
+    return {p: os.stat(p).st_mtime_ns for p in paths if os.path.isfile(p)}
+
+
+def _poison_batch(monkeypatch, bad_step):
+    """Makes the input pipeline's batch `bad_step` all NaN."""
+    create = input_pipeline.create_dataset
+
+    def create_dataset(*args, **kwargs):
+        ds = create(*args, **kwargs)
+        iterator = ds.iterator
+
+        def poisoned(start_step=0):
+            for i, batch in enumerate(iterator(start_step), start_step):
+                yield {**batch, "image": batch["image"] * jnp.nan} if i == bad_step else batch
+
+        ds.iterator = poisoned
+        return ds
+
+    monkeypatch.setattr(input_pipeline, "create_dataset", create_dataset)
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(monkeypatch, tmp_path):
+    _poison_batch(monkeypatch, bad_step=4)  # Iteration 5 sees NaN images.
+    workdir = str(tmp_path)
+    with pytest.raises(FloatingPointError) as e:
+        train.train_and_evaluate(digits_config(8), workdir)
+    message = str(e.value)
+    assert "\n" not in message
+    assert "non-finite loss at step 5" in message and "last good checkpoint is step 4" in message
+    ckpts = checkpointing.Checkpoints(workdir, 3, read_only=True)
+    assert ckpts.all_steps() == [2, 4]
+    like = train_step.create_train_state(digits_config(8), 10, 1, jax.random.key(0))
+    restored = ckpts.restore(4, like)
+    assert int(restored.step) == 4
+    assert all(np.isfinite(x).all() for x in leaves(restored) if x.dtype.kind == "f")
+
+
+def test_batch_not_divisible_by_the_devices(tmp_path):
+    config = digits_config(2)
+    config.train.batch_size = 6  # The test session has 4 devices.
+    with pytest.raises(ValueError, match="not divisible by the 4 devices") as e:
+        train.train_and_evaluate(config, str(tmp_path))
+    assert "\n" not in str(e.value)
+
+
+def test_unwritable_workdir(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(PermissionError, match="cannot write to workdir") as e:
+        train.train_and_evaluate(digits_config(2), str(blocker / "run"))
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--config=configs/digits.py:test", "--config.train.batchsize=8"],
+     'error: unknown config key --config.train.batchsize. Did you mean "batch_size"'),
+    (["--config=configs/cifar10.py:case=9"], "error: ValueError: no row 9 in this table"),
+])
+def test_cli_reports_a_bad_config_in_one_line(args, expected, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "sagan_jax.main", *args, f"--workdir={tmp_path}"],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(expected)
+    assert "Traceback" not in result.stderr
