@@ -127,6 +127,8 @@ class Checkpoints:
         if read_only and not os.path.isdir(self.directory):
             raise FileNotFoundError(
                 f"no checkpoints in {self.directory}; give the --workdir of a training run.")
+        if not read_only:
+            self._warn_half_written()
         options = ocp.CheckpointManagerOptions(
             preservation_policy=ocp.checkpoint_managers.LatestN(keep),
             enable_async_checkpointing=async_saves,
@@ -140,6 +142,17 @@ class Checkpoints:
             item_handlers={"state": ocp.StandardCheckpointHandler(),
                            "config": ocp.JsonCheckpointHandler()},
         )
+
+    def _warn_half_written(self) -> None:
+        """Names the saves a killed run left unfinished (the manager then removes them)."""
+        if not os.path.isdir(self.directory):
+            return
+        partial = sorted(n for n in os.listdir(self.directory) if ".orbax-checkpoint-tmp" in n)
+        if partial:
+            logging.warning(
+                "%s holds half-written checkpoints (%s) of an interrupted save; removing them "
+                "and resuming from the latest complete checkpoint.", self.directory,
+                ", ".join(partial))
 
     def all_steps(self) -> list[int]:
         """Steps of the complete checkpoints, oldest first."""

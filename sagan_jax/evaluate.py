@@ -20,14 +20,21 @@ import jax
 import ml_collections
 from absl import app, flags, logging
 
-from sagan_jax import checkpointing, parallel, train_step
+from sagan_jax import checkpointing, data_sources, parallel, train_step
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "The training run's directory.")
-flags.DEFINE_integer("step", None, "Score only this checkpoint (default: all).")
-flags.DEFINE_integer("num_samples", 50_000, "Generated images per score (50k as in the papers).")
-flags.DEFINE_list("generators", ["ema", "raw"], "Which weights of G to score: ema, raw.")
-flags.DEFINE_integer("seed", 0, "Seed of the generated z (the same for every checkpoint).")
+
+
+def define_flags() -> None:
+    """The CLI's flags (defined when run, so that importing this module next to
+    `sagan_jax.main`, which also has --workdir, does not clash)."""
+    flags.DEFINE_string("workdir", None, "The training run's directory.")
+    flags.DEFINE_integer("step", None, "Score only this checkpoint (default: all).")
+    flags.DEFINE_integer("num_samples", 50_000,
+                         "Generated images per score (50k as in the papers).")
+    flags.DEFINE_list("generators", ["ema", "raw"], "Which weights of G to score: ema, raw.")
+    flags.DEFINE_integer("seed", 0, "Seed of the generated z (the same for every checkpoint).")
+    flags.mark_flag_as_required("workdir")
 
 EVAL_DIR = "eval"
 _WEIGHTS = {"ema": ("ema_params", "ema_state"), "raw": ("g_params", "g_state")}
@@ -83,9 +90,7 @@ def evaluate_workdir(workdir: str, step: int | None = None, num_samples: int = 5
     if not steps:
         raise FileNotFoundError(f"no checkpoints in {ckpts.directory} yet.")
 
-    from sagan_jax.train import hide_gpus_from_tensorflow
-
-    hide_gpus_from_tensorflow()
+    data_sources.import_tf()  # TF only writes logs here: it is kept off the GPUs.
     from clu import metric_writers  # pylint: disable=g-import-not-at-top
     from sagan_jax import input_pipeline  # pylint: disable=g-import-not-at-top
     from sagan_jax.evaluation.evaluator import Evaluator  # pylint: disable=g-import-not-at-top
@@ -145,5 +150,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.mark_flag_as_required("workdir")
+    define_flags()
     app.run(main)

@@ -21,17 +21,10 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from sagan_jax import checkpointing, parallel, train_step, visualize
+from sagan_jax import checkpointing, data_sources, parallel, train_step, visualize
 from sagan_jax.models import build_models
 
 GUARDED_LOSSES = ("d_loss", "g_loss")
-
-
-def hide_gpus_from_tensorflow() -> None:
-    """TF only reads data and writes summaries: keep it off the accelerators JAX uses."""
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
-    tf.config.set_visible_devices([], "GPU")
 
 
 @jax.jit
@@ -94,15 +87,16 @@ def _write_grids(writer, workdir: str, step: int, grid: np.ndarray, image_size: 
     logging.info("sample grid of step %d: %s", step, path)
 
 
-def _write_interpolations(config, workdir, state, num_classes, channels, key) -> None:
-    """Slerp rows within each class (the per-class collapse check of SEED.md's findings)."""
-    generator, _ = build_models(config.model, num_classes, channels)
-    params, model_state, _ = _sampler(state, config)
-    apply_fn = jax.jit(lambda v, z, y: generator.apply(v, z, y if num_classes else None))
-    variables = {"params": params, **model_state}
+def _write_interpolations(config, workdir, sample, num_classes, key) -> None:
+    """Slerp rows within each class (the per-class collapse check of SEED.md's findings).
+
+    One row per class of the sample grid, `log.grid_rows` points per row: the same
+    number of images as a grid, so `sample` runs without another compilation.
+    """
     rows = min(num_classes, config.log.grid_classes) if num_classes else config.log.grid_rows
-    grid = visualize.interpolation_grid(functools.partial(apply_fn, variables), key, np.arange(rows) if num_classes
-                                        else np.zeros(rows, np.int32), 8, config.model.z_dim)
+    classes = np.arange(rows) if num_classes else np.zeros(rows, np.int32)
+    grid = visualize.interpolation_grid(sample, key, classes, config.log.grid_rows,
+                                        config.model.z_dim)
     if jax.process_index() == 0:
         visualize.save_png(os.path.join(workdir, "interpolations.png"), grid,
                            scale=max(1, 64 // config.model.resolution))
@@ -127,7 +121,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     workdir = checkpointing.prepare_workdir(workdir)
     mesh = parallel.create_mesh()
     parallel.check_divisible(config.train.batch_size, mesh)
-    hide_gpus_from_tensorflow()
+    data_sources.import_tf()  # TF only reads data and writes logs: it is kept off the GPUs.
     from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
     from sagan_jax import input_pipeline  # pylint: disable=g-import-not-at-top
 
@@ -152,8 +146,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
                  num_classes, mesh.size, g_lr, d_lr, start, config.train.num_steps)
 
     step_fn = train_step.make_train_step(config, num_classes, ds.channels, mesh)
-    gen_fn = train_step.make_generate_fn(config, num_classes, ds.channels, mesh)
+    # Grids and interpolations: a few images, from G on one device with explicit z.
+    generator, _ = build_models(config.model, num_classes, ds.channels)
+    apply_g = jax.jit(lambda v, z, y: generator.apply(v, z, y if num_classes else None))
     evaluator = _create_evaluator(config, ds, mesh)
+    if evaluator is not None:  # Many images: compiled, batched and sharded over the mesh.
+        gen_fn = train_step.make_generate_fn(config, num_classes, ds.channels, mesh)
     progress = periodic_actions.ReportProgress(
         num_train_steps=config.train.num_steps, writer=writer,
         every_steps=config.log.every_steps)
@@ -182,16 +180,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
                 writer.write_scalars(step, {f"train/{k}": v for k, v in means.items()})
                 history = []
             params, model_state, which = _sampler(state, config)
-            generate = lambda key, labels, p=params, s=model_state: gen_fn(p, s, key, labels)
             if step % config.log.sample_every_steps == 0 or last:
-                grid = visualize.class_grid(generate, sample_key, num_classes,
+                sample = functools.partial(apply_g, {"params": params, **model_state})
+                grid = visualize.class_grid(sample, sample_key, num_classes,
                                             config.log.grid_rows, config.log.grid_classes,
-                                            multiple=mesh.size)
+                                            config.model.z_dim)
                 _write_grids(writer, workdir, step, grid, config.model.resolution)
             if evaluator is not None and (step % config.eval.every_steps == 0 or last):
                 # The same key at every step: score changes come from G, not from new z.
-                scores = evaluator.evaluate(generate, num_classes, config.eval.num_samples,
-                                            eval_key)
+                scores = evaluator.evaluate(
+                    lambda key, labels: gen_fn(params, model_state, key, labels),
+                    num_classes, config.eval.num_samples, eval_key)
                 writer.write_scalars(step, {f"eval/{which}/{k}": v for k, v in scores.items()})
                 logging.info("step %d scores (%s G): %s", step, which, scores)
             if step % config.checkpoint.every_steps == 0 or last:
@@ -200,7 +199,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
                 ckpts.save(step, state, config)
                 guard.last_saved = step
         if num_steps > start:
-            _write_interpolations(config, workdir, state, num_classes, ds.channels, sample_key)
+            params, model_state, _ = _sampler(state, config)
+            _write_interpolations(config, workdir, functools.partial(
+                apply_g, {"params": params, **model_state}), num_classes,
+                jax.random.fold_in(sample_key, 1))
     finally:
         batches.close()
         ckpts.close()

@@ -41,24 +41,23 @@ def save_png(path: str, grid: np.ndarray, scale: int = 1) -> None:
     Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
 
 
-def class_grid(generate: Callable, key: jax.Array, num_classes: int, rows: int,
-               max_classes: int, multiple: int = 1) -> np.ndarray:
+def class_grid(apply_fn: Callable, key: jax.Array, num_classes: int, rows: int,
+               max_classes: int, z_dim: int) -> np.ndarray:
     """A uint8 grid of generated samples, one column per class, `rows` samples per class.
 
     Args:
-      generate: (key, labels) -> images float32 [-1, 1] NHWC.
-      key: PRNG key; a fixed key gives the same z at every step, so grids of a run compare.
+      apply_fn: (z, labels) -> images float32 [-1, 1] NHWC (G in eval mode).
+      key: PRNG key of the z; a fixed key gives the same z at every step, so the grids
+        of a run compare.
       num_classes: classes of G (0 = unconditional: a square grid).
       rows: samples per class.
       max_classes: at most this many classes (the first ones) are shown.
-      multiple: the batch given to `generate` is padded to a multiple of this (the
-        device count of a data-parallel `generate`); the padding is dropped.
+      z_dim: G's latent size.
     """
     labels = grid_labels(num_classes, rows, max_classes)
-    n = len(labels)
-    padded = np.concatenate([labels, np.zeros(-n % multiple, np.int32)])
-    images = np.asarray(jax.device_get(generate(key, jnp.asarray(padded))))[:n]
-    return to_grid(images, cols=n // rows)
+    z = jax.random.normal(key, (len(labels), z_dim))
+    images = np.asarray(jax.device_get(apply_fn(z, jnp.asarray(labels))))
+    return to_grid(images, cols=len(labels) // rows)
 
 
 def interpolate(z0: jax.Array, z1: jax.Array, steps: int) -> jax.Array:

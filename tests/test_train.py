@@ -156,7 +156,7 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def test_sigkill_while_saving_resumes_from_the_last_complete_checkpoint(tmp_path):
+def test_sigkill_while_saving_resumes_from_the_last_complete_checkpoint(tmp_path, caplog):
     workdir = str(tmp_path / "run")
     script = tmp_path / "child.py"
     script.write_text(CHILD.format(repo=REPO))
@@ -188,6 +188,7 @@ def test_sigkill_while_saving_resumes_from_the_last_complete_checkpoint(tmp_path
 
     resumed = train.train_and_evaluate(config, workdir)  # Real steps 3 and 4.
     assert int(resumed.step) == 4
+    assert "half-written checkpoints (4.orbax-checkpoint-tmp)" in caplog.text
     assert sorted(os.listdir(ckpt_dir)) == ["2", "4"]
 
 
