@@ -3,9 +3,8 @@
 Compiling a GAN step takes tens of seconds on a 2-core CPU, and these tests start many
 runs of the same few architectures. `compile_once` (import it into a test module) hands
 every run of one architecture the same compiled step and generator, and copies of the
-same initial state (the step donates its input). The step is compiled with XLA's cheap
-settings (as `train_step` compiles its initialisers): half the compile time for a
-slower run, and the same program for every run, so runs stay bit-comparable.
+same initial state (the step donates its input): the same programs for every run, so
+runs stay bit-comparable.
 """
 import json
 
@@ -16,7 +15,6 @@ import pytest
 
 from sagan_jax import train_step
 
-CHEAP_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 _CACHE = {}
 
 
@@ -26,18 +24,6 @@ def _architecture_key(name, config, num_classes, channels, extra):
     shaping["train"] = {k: v for k, v in config.train.to_dict().items() if k != "num_steps"}
     return (name, json.dumps(shaping, sort_keys=True, default=str), num_classes, channels,
             str(extra))
-
-
-class _CheapStep:
-    """A jitted step compiled once, with `CHEAP_COMPILE`, at its first call."""
-
-    def __init__(self, jitted):
-        self.jitted, self.compiled = jitted, None
-
-    def __call__(self, *args):
-        if self.compiled is None:
-            self.compiled = self.jitted.lower(*args).compile(compiler_options=CHEAP_COMPILE)
-        return self.compiled(*args)
 
 
 def _memoized(name, make):
@@ -51,8 +37,7 @@ def _memoized(name, make):
         key = _architecture_key(name, config, num_classes, channels,
                                 [d.id for d in last.devices.flat])
         if key not in _CACHE:
-            made = make(config, num_classes, channels, last, **kwargs)
-            _CACHE[key] = _CheapStep(made) if name == "make_train_step" else made
+            _CACHE[key] = make(config, num_classes, channels, last, **kwargs)
         return _CACHE[key]
     return wrapper
 
