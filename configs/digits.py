@@ -8,6 +8,11 @@ leaves PNG grids (one column per class) in which the digits read as their class,
 TensorBoard logs, checkpoints, and scores from a small digits classifier
 (eval.feature_net='digits') in place of Inception.
 
+Measured on a 2-core CPU shared with other jobs: 4m44s to 5m41s wall for the whole
+command (1,200 steps at ~5 steps/s); the EMA generator's final scores in the digits net's
+feature space were IS 9.47, FID 5.55 (the raw generator's: IS 8.58, FID 21.1). Eights
+are the weakest column; ones come out as thick strokes.
+
   python -m sagan_jax.main --config=configs/digits.py --workdir=/tmp/digits
   tensorboard --logdir=/tmp/digits
 """
