@@ -36,7 +36,6 @@ setup(
         ],
         "test": [
             "pytest>=8.0",
-            "pytest-xdist>=3.5",
         ],
     },
 )

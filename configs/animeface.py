@@ -30,16 +30,11 @@ def get_config(arg=None):
     c.model.g_attention = c.model.d_attention = (24,)
     c.optim.g_lr, c.optim.d_lr = 5e-5, 2e-4
     c.train.batch_size = 128
-    epoch = NUM_TRAIN // c.train.batch_size
-    c.train.num_steps = common.steps_for(250, NUM_TRAIN, c.train.batch_size)
+    common.train_for_epochs(c, 250, NUM_TRAIN)
     if args.get("sngan"):
         c.model.g_attention = c.model.d_attention = ()
         c.schedule.n_dis = 5
-    c.log.sample_every_steps = epoch
     c.log.grid_classes = 16
-    c.checkpoint.every_steps = 5 * epoch
-    c.eval.every_steps = 5 * epoch
-    c.eval.num_samples, c.eval.splits = 10_000, 1
     if args.get("test"):
         common.make_test_variant(c)
     return c

@@ -78,13 +78,7 @@ def get_config(arg=None):
         # Attention at 8x8: after G's first block, after D's first non-optimized block.
         c.model.g_attention = c.model.d_attention = (8,) if attention else ()
         epochs = 200 if limit != common.OFF else 100
-    epoch = NUM_TRAIN // c.train.batch_size
-    c.train.num_steps = common.steps_for(epochs, NUM_TRAIN, c.train.batch_size)
-    c.log.sample_every_steps = epoch
-    c.checkpoint.every_steps = 5 * epoch
-    c.eval.every_steps = 5 * epoch
-    # The original's protocol: 10k samples, 1 split.
-    c.eval.num_samples, c.eval.splits = 10_000, 1
+    common.train_for_epochs(c, epochs, NUM_TRAIN)
     if args.get("test"):
         common.make_test_variant(c)
     return c

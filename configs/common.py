@@ -25,6 +25,19 @@ def steps_for(epochs: int, num_examples: int, batch_size: int) -> int:
     return epochs * (num_examples // batch_size)
 
 
+def train_for_epochs(c: ml_collections.ConfigDict, epochs: int, num_examples: int) -> None:
+    """Sets the run length and the original's output rhythm, at `c.train.batch_size`.
+
+    The original wrote a sample grid every epoch and a checkpoint every 5 epochs, and
+    scored every checkpoint with 10k samples and 1 split (SEED.md).
+    """
+    epoch = num_examples // c.train.batch_size
+    c.train.num_steps = steps_for(epochs, num_examples, c.train.batch_size)
+    c.log.sample_every_steps = epoch
+    c.checkpoint.every_steps = c.eval.every_steps = 5 * epoch
+    c.eval.num_samples, c.eval.splits = 10_000, 1
+
+
 def get_base_config() -> ml_collections.ConfigDict:
     """Defaults shared by every experiment (the original's choices where it had one)."""
     c = ml_collections.ConfigDict()

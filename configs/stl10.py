@@ -34,12 +34,7 @@ def get_config(arg=None):
     # Attention at 12x12: after G's first block, after D's first non-optimized block.
     c.model.g_attention = c.model.d_attention = (12,) if attention else ()
     c.train.batch_size = 256
-    epoch = NUM_TRAIN // c.train.batch_size
-    c.train.num_steps = common.steps_for(400, NUM_TRAIN, c.train.batch_size)
-    c.log.sample_every_steps = epoch
-    c.checkpoint.every_steps = 5 * epoch
-    c.eval.every_steps = 5 * epoch
-    c.eval.num_samples, c.eval.splits = 10_000, 1
+    common.train_for_epochs(c, 400, NUM_TRAIN)
     if args.get("test"):
         common.make_test_variant(c)
     return c

@@ -25,6 +25,7 @@ from sagan_jax import checkpointing, data_sources, parallel, train_step, visuali
 from sagan_jax.models import build_models
 
 GUARDED_LOSSES = ("d_loss", "g_loss")
+G_STEP_METRICS = ("g_loss", "g_grad_norm")
 
 
 @jax.jit
@@ -55,6 +56,22 @@ class _NanGuard:
     def check_state(self, step: int, state: Any) -> None:
         if not bool(_all_finite(state)):
             self._fail(f"non-finite parameters or statistics after step {step}")
+
+
+def window_means(history: list[dict]) -> dict[str, float]:
+    """Means of the metrics since the last write.
+
+    G's loss and gradient norm exist only on iterations with a G step (the step reports
+    0 otherwise), so they are averaged over those iterations alone (and left out of a
+    window without one); with n_dis > 1 or the D-loss limit a plain mean would shrink
+    them by the share of skipped G steps.
+    """
+    columns = {k: np.asarray([m[k] for m in history], np.float64) for k in history[0]}
+    g_steps = columns["g_updated"] > 0
+    means = {k: float(v.mean()) for k, v in columns.items() if k not in G_STEP_METRICS}
+    if g_steps.any():
+        means.update({k: float(columns[k][g_steps].mean()) for k in G_STEP_METRICS if k in columns})
+    return means
 
 
 def _sampler(state, config: ml_collections.ConfigDict) -> tuple[Any, Any, str]:
@@ -176,8 +193,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
             last = step == num_steps
             if step % config.log.every_steps == 0 or last:
                 guard.check_losses(step, metrics)
-                means = jax.tree.map(lambda *v: float(np.mean(v)), *jax.device_get(history))
-                writer.write_scalars(step, {f"train/{k}": v for k, v in means.items()})
+                writer.write_scalars(step, {f"train/{k}": v for k, v in window_means(
+                    jax.device_get(history)).items()})
                 history = []
             params, model_state, which = _sampler(state, config)
             if step % config.log.sample_every_steps == 0 or last:

@@ -144,7 +144,7 @@ CHILD = textwrap.dedent("""
         def step(state, batch, rng):
             state = jax.tree.map(
                 lambda x: x + 1 if jnp.issubdtype(x.dtype, jnp.floating) else x, state)
-            return state.replace(step=state.step + 1), dict(d_loss=0.0, g_loss=0.0)
+            return state.replace(step=state.step + 1), dict(d_loss=0.0, g_loss=0.0, g_updated=1.0)
         return jax.jit(step)
 
     atomicity.AtomicRenameTemporaryPath.finalize = blocking_finalize
@@ -160,14 +160,16 @@ def test_sigkill_while_saving_resumes_from_the_last_complete_checkpoint(tmp_path
     workdir = str(tmp_path / "run")
     script = tmp_path / "child.py"
     script.write_text(CHILD.format(repo=REPO))
+    child_log = tmp_path / "child.log"
     child = subprocess.Popen([sys.executable, str(script), workdir], stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, text=True, cwd=REPO)
+                             stderr=child_log.open("w"), text=True, cwd=REPO)
     try:
         deadline = time.time() + 180
         line = ""
         while "SAVING 4" not in line and time.time() < deadline and child.poll() is None:
             line = child.stdout.readline()
-        assert "SAVING 4" in line, "the child never reached the save of step 4"
+        assert "SAVING 4" in line, (
+            "the child never reached the save of step 4: " + child_log.read_text()[-2000:])
         child.send_signal(signal.SIGKILL)
     finally:
         child.kill()
@@ -286,3 +288,15 @@ def test_cli_reports_a_bad_config_in_one_line(args, expected, tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith(expected)
     assert "Traceback" not in result.stderr
+
+
+def test_logged_g_metrics_average_over_g_steps_only():
+    history = [
+        {"d_loss": 1.0, "g_loss": 2.0, "g_grad_norm": 4.0, "g_updated": 1.0},
+        {"d_loss": 3.0, "g_loss": 0.0, "g_grad_norm": 0.0, "g_updated": 0.0},
+        {"d_loss": 5.0, "g_loss": 6.0, "g_grad_norm": 8.0, "g_updated": 1.0},
+    ]
+    means = train.window_means(history)
+    assert means == {"d_loss": 3.0, "g_loss": 4.0, "g_grad_norm": 6.0, "g_updated": 2 / 3}
+    no_g = train.window_means(history[1:2])
+    assert no_g == {"d_loss": 3.0, "g_updated": 0.0}
