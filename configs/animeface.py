@@ -21,20 +21,4 @@ NUM_CLASSES = 176
 
 def get_config(arg=None):
     """`arg`: optional 'sngan' and/or 'test'."""
-    args = common.parse_arg(arg, {"sngan": bool, "test": bool})
-    c = common.get_base_config()
-    c.data.name = "animeface"
-    c.data.image_size = 96
-    c.model.resolution = 96
-    # Attention at 24x24: after G's third block, after D's first non-optimized block.
-    c.model.g_attention = c.model.d_attention = (24,)
-    c.optim.g_lr, c.optim.d_lr = 5e-5, 2e-4
-    c.train.batch_size = 128
-    common.train_for_epochs(c, 250, NUM_TRAIN)
-    if args.get("sngan"):
-        c.model.g_attention = c.model.d_attention = ()
-        c.schedule.n_dis = 5
-    c.log.grid_classes = 16
-    if args.get("test"):
-        common.make_test_variant(c)
-    return c
+    return common.get_96px_config(arg, "animeface", 250, NUM_TRAIN)
