@@ -108,10 +108,11 @@ def test_bfloat16_forward_keeps_float32_parameters():
     assert d16.apply(d_vars, out16, labels).dtype == jnp.float32
 
 
-def test_models_import_without_tensorflow():
+def test_models_and_step_import_without_tensorflow():
     code = (
         "import sys; sys.modules['tensorflow'] = None; sys.modules['tensorflow_datasets'] = None\n"
-        "import sagan_jax.models, sagan_jax.losses, sagan_jax.parallel\n"
+        "import sagan_jax.models, sagan_jax.losses, sagan_jax.parallel, sagan_jax.train_step\n"
+        "import sagan_jax.train, sagan_jax.checkpointing\n"
         "assert 'tensorflow' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
