@@ -41,13 +41,11 @@ def _batch():
 
 RNG = jax.random.key(7)
 STEPS = 3
-# Compiling the step dominates these tests on a 2-core CPU; LLVM's cheap settings halve
-# it and leave the program (the HLO) and its float semantics unchanged.
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 def _compile(fn, *args):
-    return fn.lower(*args).compile(compiler_options=FAST_COMPILE)
+    """Compiles once for these arguments (with conftest's cheap LLVM settings)."""
+    return fn.lower(*args).compile()
 
 
 @pytest.fixture(scope="module")
