@@ -1,0 +1,320 @@
+"""Compares runs: `python -m sagan_jax.report --workdirs DIR [DIR ...] --out FILE.md`.
+
+Writes a Markdown table in the shape of the original's tables (docs/original.md,
+"Experiments"): one row per run (case = the workdir's name), a column for each config
+setting that differs between the runs, the best IS and FID with their steps, and the final
+scores. Beside it, `FILE_scores.png` (IS and FID over training) and `FILE_losses.png`
+(D and G loss), all runs overlaid. It reads only what runs wrote: `config.json`,
+`eval/scores.csv` (from `sagan_jax.score`) when present, else the in-training scores
+`eval/<G>/IS|FID` of the run's TensorBoard events, and `train/d_loss`, `train/g_loss`
+from those events.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import re
+import sys
+from typing import Any
+
+import numpy as np
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+
+CONFIG_FILE = "config.json"
+SCORES_CSV = os.path.join("eval", "scores.csv")
+SCORES = ("IS", "FID")
+LOSSES = ("d_loss", "g_loss")
+# Settings that name places on disk, not experiments: never a column.
+_PLACE = re.compile(r"(^|\.)(workdir|path|[a-z_]*_(dir|path)|inception_weights)$")
+
+Curve = tuple[np.ndarray, np.ndarray]  # (steps int64, values float64), steps ascending.
+
+
+def define_flags() -> None:
+    """The CLI's flags (defined when run, so that importing this module next to other
+    CLIs of the package does not clash)."""
+    flags.DEFINE_list("workdirs", None, "Training runs to compare (comma-separated, or "
+                      "space-separated after the flag).")
+    flags.DEFINE_string("out", None, "The Markdown file to write; plots go beside it.")
+    flags.DEFINE_enum("generator", "ema", ["ema", "raw"],
+                      "Whose scores to report; a run without them falls back to the other.")
+    flags.mark_flags_as_required(["workdirs", "out"])
+
+
+@dataclasses.dataclass
+class Run:
+    """What one workdir holds, as the report needs it.
+
+    Attributes:
+      name: the case, i.e. the workdir's name.
+      workdir: the directory as given.
+      settings: the run's config as dotted keys -> values.
+      scores: 'IS' / 'FID' -> curve of the reported generator (absent when never scored).
+      scored: where the scores come from, e.g. 'ema, 2000 samples, scores.csv'.
+      losses: 'd_loss' / 'g_loss' -> curve (absent when not logged).
+    """
+    name: str
+    workdir: str
+    settings: dict[str, Any]
+    scores: dict[str, Curve]
+    scored: str
+    losses: dict[str, Curve]
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested config sections -> {'section.key': value}."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def differing_settings(runs: list[Run]) -> list[str]:
+    """Dotted keys whose values differ between the runs (or that some runs lack), sorted;
+    paths and directories left out."""
+    keys = sorted(set().union(*(r.settings for r in runs)))
+    missing = object()
+    return [k for k in keys if not _PLACE.search(k)
+            and len({json.dumps(r.settings.get(k, missing), default=str) for r in runs}) > 1]
+
+
+def _curve(points: dict[int, float]) -> Curve:
+    steps = np.array(sorted(points), np.int64)
+    return steps, np.array([points[s] for s in steps], np.float64)
+
+
+def read_scalars(directory: str) -> dict[str, Curve]:
+    """Every scalar tag of the TensorBoard event files directly in `directory`.
+
+    Reads clu's tensor summaries and classic scalar summaries. When steps repeat (a resumed
+    run re-logs the steps after its last checkpoint), the value written last wins.
+    """
+    # TensorBoard is imported here: the rest of the report does not need it.
+    # pylint: disable=g-import-not-at-top
+    from tensorboard.backend.event_processing import event_accumulator
+    from tensorboard.util import tensor_util
+    # pylint: enable=g-import-not-at-top
+
+    acc = event_accumulator.EventAccumulator(
+        directory, size_guidance={event_accumulator.TENSORS: 0, event_accumulator.SCALARS: 0})
+    acc.Reload()
+    tags = acc.Tags()
+    points: dict[str, dict[int, float]] = {}
+    for tag in tags.get(event_accumulator.SCALARS, []):
+        for event in acc.Scalars(tag):
+            points.setdefault(tag, {})[event.step] = float(event.value)
+    for tag in tags.get(event_accumulator.TENSORS, []):
+        if acc.SummaryMetadata(tag).plugin_data.plugin_name != "scalars":
+            continue  # Images (the sample grids) and text.
+        for event in acc.Tensors(tag):
+            value = tensor_util.make_ndarray(event.tensor_proto)
+            points.setdefault(tag, {})[event.step] = float(value.reshape(()))
+    return {tag: _curve(p) for tag, p in points.items()}
+
+
+def _float(text: str | None) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def read_scores_csv(path: str, generator: str) -> tuple[dict[str, Curve], str]:
+    """IS and FID curves of `generator` (else of the other one) from a scores.csv.
+
+    When a step was scored with several sample counts, only the largest count is used
+    (the same count for every step, so the curve compares like with like).
+
+    Returns:
+      ({'IS': curve, 'FID': curve} for the columns present, a description of the
+      source); ({}, '') when the file has no rows.
+    """
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    present = {r.get("generator") for r in rows}
+    gen = generator if generator in present else next(iter(sorted(present - {None})), None)
+    rows = [r for r in rows if r.get("generator") == gen]
+    if not rows:
+        return {}, ""
+    counts = [_float(r.get("num_samples")) for r in rows]
+    num_samples = int(np.nanmax(counts)) if np.isfinite(counts).any() else 0
+    rows = [r for r, n in zip(rows, counts) if not num_samples or n == num_samples]
+    curves = {}
+    for name in SCORES:
+        if name in rows[0]:
+            curves[name] = _curve({int(_float(r["step"])): _float(r[name]) for r in rows})
+    samples = f"{num_samples} samples, " if num_samples else ""
+    return curves, f"{gen}, {samples}scores.csv"
+
+
+def load_run(workdir: str, generator: str = "ema", name: str | None = None) -> Run:
+    """Reads one workdir (see the module docstring for what it reads).
+
+    Raises:
+      FileNotFoundError: `workdir` has no config.json.
+    """
+    config_path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"{workdir} has no {CONFIG_FILE}; pass the --workdir of "
+                                "training runs (sagan_jax.main writes it at the start).")
+    with open(config_path) as f:
+        settings = flatten(json.load(f))
+    events = read_scalars(workdir)
+    scores, scored = {}, ""
+    csv_path = os.path.join(workdir, SCORES_CSV)
+    if os.path.isfile(csv_path):
+        scores, scored = read_scores_csv(csv_path, generator)
+    if not scores:
+        for gen in (generator, "raw" if generator == "ema" else "ema"):
+            scores = {s: events[f"eval/{gen}/{s}"] for s in SCORES if f"eval/{gen}/{s}" in events}
+            if scores:
+                samples = settings.get("eval.num_samples")
+                scored = f"{gen}, {f'{samples} samples, ' if samples else ''}training log"
+                break
+    losses = {k: events[f"train/{k}"] for k in LOSSES if f"train/{k}" in events}
+    return Run(name or os.path.basename(os.path.normpath(workdir)), workdir, settings,
+               scores, scored, losses)
+
+
+def _best(curve: Curve | None, lower_is_better: bool) -> tuple[float, int | None]:
+    """(best value, its first step), NaNs ignored; (nan, None) without a finite value."""
+    if curve is None or not np.isfinite(curve[1]).any():
+        return math.nan, None
+    steps, values = curve
+    values = np.where(np.isfinite(values), values, np.inf if lower_is_better else -np.inf)
+    i = int(np.argmin(values) if lower_is_better else np.argmax(values))
+    return float(values[i]), int(steps[i])
+
+
+def summarize(run: Run) -> dict[str, Any]:
+    """Best IS and FID with their steps, and the scores of the last scored step."""
+    is_curve, fid_curve = run.scores.get("IS"), run.scores.get("FID")
+    out = {}
+    out["best_IS"], out["best_IS_step"] = _best(is_curve, lower_is_better=False)
+    out["best_FID"], out["best_FID_step"] = _best(fid_curve, lower_is_better=True)
+    last = max((int(c[0][-1]) for c in run.scores.values() if len(c[0])), default=None)
+    for name, curve in (("IS", is_curve), ("FID", fid_curve)):
+        at_last = curve[1][curve[0] == last] if curve is not None else []
+        out[f"final_{name}"] = float(at_last[0]) if len(at_last) else math.nan
+    out["final_step"] = last
+    return out
+
+
+def _cell(value: Any) -> str:
+    """A setting or score as a table cell."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, dict)):
+        value = json.dumps(value)
+    return str(value).replace("|", "\\|")
+
+
+def _score(value: float, digits: int) -> str:
+    return "–" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def markdown_table(runs: list[Run]) -> str:
+    """The runs' table: case, differing settings, best and final scores (IS 3 decimals as
+    in the original's tables, FID 2), and where the scores come from."""
+    keys = differing_settings(runs)
+    head = (["case"] + keys + ["best IS", "step", "best FID", "step", "final IS", "final FID",
+                               "final step", "scored"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for run in runs:
+        s = summarize(run)
+        cells = ([run.name] + [_cell(run.settings.get(k)) for k in keys] + [
+            _score(s["best_IS"], 3), _cell(s["best_IS_step"]),
+            _score(s["best_FID"], 2), _cell(s["best_FID_step"]),
+            _score(s["final_IS"], 3), _score(s["final_FID"], 2), _cell(s["final_step"]),
+            run.scored or "not scored"])
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(runs: list[Run], panels: list[tuple[str, str, str]], path: str) -> bool:
+    """One figure, a panel per (group, key, title), every run overlaid; False if no data.
+
+    `group` is 'scores' or 'losses', the Run attribute that holds the curve `key`.
+    """
+    if not any(key in getattr(r, group) for r in runs for group, key, _ in panels):
+        return False
+    # The object API draws off-screen (Agg) without pyplot's global state.
+    from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+
+    fig = Figure(figsize=(5 * len(panels), 3.8), layout="constrained")
+    for ax, (group, key, title) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
+        for i, run in enumerate(runs):
+            curve = getattr(run, group).get(key)
+            if curve is not None:
+                ax.plot(*curve, color=f"C{i % 10}", label=run.name,
+                        marker="o" if group == "scores" else None, markersize=3)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if ax.has_data():
+            ax.legend(fontsize="small")
+    fig.savefig(path, dpi=100)
+    return True
+
+
+def _case_names(workdirs: list[str]) -> list[str]:
+    """Workdir names; the paths as given where two runs share a name."""
+    names = [os.path.basename(os.path.normpath(w)) for w in workdirs]
+    return [w if names.count(n) > 1 else n for w, n in zip(workdirs, names)]
+
+
+def write_report(workdirs: list[str], out: str, generator: str = "ema") -> str:
+    """Reads the runs, writes `out` (Markdown) and its PNGs beside it; returns the Markdown.
+
+    Raises:
+      FileNotFoundError: a workdir without config.json.
+      ValueError: no workdirs.
+    """
+    if not workdirs:
+        raise ValueError("no runs to compare; pass --workdirs DIR [DIR ...].")
+    runs = [load_run(w, generator, n) for w, n in zip(workdirs, _case_names(workdirs))]
+    out = os.path.abspath(out)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    stem = os.path.splitext(out)[0]
+    parts = ["# Runs compared", "", markdown_table(runs)]
+    parts += [f"- {r.name}: `{r.workdir}`" for r in runs] + [""]
+    figures = [
+        ("scores", [("scores", "IS", "IS (higher is better)"),
+                    ("scores", "FID", "FID (lower is better)")], "IS and FID"),
+        ("losses", [("losses", "d_loss", "D loss"), ("losses", "g_loss", "G loss")],
+         "D and G loss"),
+    ]
+    for suffix, panels, caption in figures:
+        path = f"{stem}_{suffix}.png"
+        if plot_curves(runs, panels, path):
+            parts += [f"![{caption} over training]({os.path.basename(path)})", ""]
+    text = "\n".join(parts)
+    with open(out, "w") as f:
+        f.write(text)
+    return text
+
+
+def main(argv):
+    workdirs = FLAGS.workdirs + argv[1:]  # `--workdirs A B C`: B and C arrive as arguments.
+    try:
+        write_report(workdirs, FLAGS.out, FLAGS.generator)
+    except (ValueError, OSError) as e:
+        sys.exit(f"error: {e}")
+    print(FLAGS.out)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
