@@ -1,4 +1,5 @@
-"""Install sagan_jax: `pip install -e .` (add `[test]` for the test suite)."""
+"""Install sagan_jax: `pip install -e .`; `[gpu]` or `[tpu]` for JAX's accelerator build,
+`[test,reference]` for the test suite and the implementations it compares against."""
 from setuptools import find_packages, setup
 
 setup(
@@ -18,7 +19,13 @@ setup(
         "tensorflow-datasets>=4.9.6",
         # TFDS's download_and_prepare imports it (through etils) but does not require it.
         "importlib_resources>=6.0",
-        "tensorflow-cpu>=2.18",
+        # `tensorflow`, not `tensorflow-cpu`: both distributions install the same
+        # `tensorflow` module, and pip, which knows distributions only by name, installs
+        # one over the other. Colab and most accelerator images ship `tensorflow`, so that
+        # is the name to require. TF only decodes data and writes TensorBoard logs here;
+        # the entry points hide the GPUs from it (sagan_jax/startup.py), so its GPU
+        # kernels cost only download size.
+        "tensorflow>=2.18",
         "tensorboard>=2.18",
         "numpy>=1.26",
         "scipy>=1.13",
@@ -27,6 +34,11 @@ setup(
         "matplotlib>=3.8",
     ],
     extras_require={
+        # JAX's CUDA 12 build, with the CUDA libraries as pip packages (NVIDIA driver
+        # >= 525); its version follows the `jax` that pip picks.
+        "gpu": ["jax[cuda12]>=0.10"],
+        # JAX with libtpu, for Cloud TPU VMs.
+        "tpu": ["jax[tpu]>=0.10"],
         # Independent reference implementations that the tests compare against.
         "reference": [
             "torch==2.14.1",
@@ -36,6 +48,10 @@ setup(
         ],
         "test": [
             "pytest>=8.0",
+            # tests/test_notebook.py runs launch/colab.ipynb headless.
+            "nbclient>=0.10",
+            "nbformat>=5.9",
+            "ipykernel>=6.29",
         ],
     },
 )

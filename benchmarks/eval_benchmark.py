@@ -33,8 +33,7 @@ from flax import traverse_util
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for `configs`
 from configs import cifar10  # pylint: disable=wrong-import-position
-from sagan_jax import parallel, train_step
-from sagan_jax.models import build_models
+from sagan_jax import gan as gan_lib, parallel, train_step
 from sagan_jax.evaluation import inception, reference, scores
 from sagan_jax.evaluation.evaluator import Evaluator
 
@@ -87,22 +86,24 @@ def main() -> None:
 
     mesh = parallel.create_mesh()
     config = cifar10.get_config()
-    state = train_step.create_train_state(config, NUM_CLASSES, 3, jax.random.key(0))
-    gen_fn = train_step.make_generate_fn(config, NUM_CLASSES, 3, mesh)
+    config.eval.batch_size = args.batch_size
+    gan = gan_lib.build(config, NUM_CLASSES, 3)
+    state = train_step.create_train_state(gan, config, jax.random.key(0))
+    gen_fn = train_step.make_generate_fn(gan, mesh)
     generate = lambda key, labels: gen_fn(state.ema_params, state.ema_state, key, labels)
     variables = (inception.load_variables(args.weights) if args.weights
                  else random_inception_variables())
-    ev = Evaluator("inception", inception.extract, variables, mesh, args.batch_size, splits=10)
+    ev = Evaluator("inception", inception.extract, variables, mesh, config.eval)
     ref = reference.ReferenceStats.from_features(
-        np.random.default_rng(1).random((4096, 2048), dtype=np.float32))
+        np.random.default_rng(1).random((4096, 2048), dtype=np.float32),
+        np.zeros(4096, np.int32), seed=0)
     sqrt_sigma_ref = scores.sqrt_psd(ref.sigma)  # once per evaluator (`set_reference`)
 
     bs, key = args.batch_size, jax.random.key(0)
     labels = jax.device_put(np.arange(bs, dtype=np.int32) % NUM_CLASSES,
                             parallel.batch_sharding(mesh))
     images = np.asarray(generate(key, labels))
-    g_model, _ = build_models(config.model, NUM_CLASSES, 3)
-    g_flops = flops(lambda z, y: g_model.apply({"params": state.ema_params, **state.ema_state},
+    g_flops = flops(lambda z, y: gan.generator.apply({"params": state.ema_params, **state.ema_state},
                                                z, y),
                     jnp.zeros((1, config.model.z_dim)), jnp.zeros((1,), jnp.int32))
     i_flops = flops(inception.extract, variables, images[:1])
@@ -111,7 +112,7 @@ def main() -> None:
 
     ev.generated_features(generate, NUM_CLASSES, bs, key)  # compile the whole loop
     start = time.perf_counter()
-    features, logits = ev.generated_features(generate, NUM_CLASSES, args.num_samples, key)
+    features, logits, _ = ev.generated_features(generate, NUM_CLASSES, args.num_samples, key)
     t_loop = time.perf_counter() - start
     t_scores = is_fid_seconds(features, logits, ref, sqrt_sigma_ref)
     start = time.perf_counter()

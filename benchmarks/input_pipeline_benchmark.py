@@ -12,6 +12,7 @@ AnimeFace (14,490 x 96 px), since gathering from a larger array touches more mem
 """
 import argparse
 import pathlib
+import sys
 import tempfile
 import time
 
@@ -20,14 +21,16 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from sagan_jax import data_sources, input_pipeline, parallel
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for `configs`
+from configs import common  # pylint: disable=wrong-import-position
+from sagan_jax import data, parallel, startup  # pylint: disable=wrong-import-position
 
 
 def data_config(**overrides) -> ml_collections.ConfigDict:
-    cfg = dict(name="digits", image_size=32, channels=3, path="", data_dir="", manual_dir="",
-               variant="", resize="bilinear", prefetch=2)
-    cfg.update(overrides)
-    return ml_collections.ConfigDict(cfg)
+    """The base config's `data` section (32 px RGB digits) with `overrides`."""
+    cfg = common.get_base_config().data
+    cfg.update({**dict(name="digits", image_size=32, channels=3), **overrides})
+    return cfg
 
 
 def write_folder(root: pathlib.Path, num_images: int, num_classes: int = 10) -> None:
@@ -60,7 +63,7 @@ def main() -> None:
     args = parser.parse_args()
     mesh = parallel.create_mesh(jax.devices()[:1])
     device = jax.devices()[0].device_kind
-    data_sources.import_tf()
+    startup.hide_gpus_from_tensorflow()  # Imports TF outside the timed loads.
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         write_folder(pathlib.Path(tmp), args.folder_images)
@@ -71,7 +74,7 @@ def main() -> None:
         ]
         for name, cfg, batch in workloads:
             start = time.perf_counter()
-            ds = input_pipeline.create_dataset(cfg, batch, seed=0, mesh=mesh)
+            ds = data.create_dataset(cfg, batch, seed=0, mesh=mesh)
             load = time.perf_counter() - start
             rows.append((f"{name}: load once", device, ds.num_examples, load * 1e3,
                          ds.num_examples / load))
@@ -81,7 +84,7 @@ def main() -> None:
     for name, n, size, batch in [("in memory 50,000 x 32 px", 50_000, 32, 256),
                                  ("in memory 14,490 x 96 px", 14_490, 96, 128)]:
         images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-        ds = input_pipeline.Dataset(images, np.zeros(n, np.int32), 10, batch, 0, mesh)
+        ds = data.Dataset(images, np.zeros(n, np.int32), 10, batch, 0, mesh)
         seconds = time_iterator(ds, args.steps)
         rows.append((f"{name}: batches", device, batch, seconds * 1e3, batch / seconds))
     print(f"{'workload':<34} {'device':<8} {'batch':>6} {'ms/iter':>9} {'img/s':>10} "

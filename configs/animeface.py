@@ -1,4 +1,4 @@
-"""AnimeFace Character Dataset at 96 px, conditional on 176 characters (../shared/SEED.md).
+"""AnimeFace Character Dataset at 96 px, conditional on 176 characters (docs/original.md).
 
 The original: SAGAN with attention at 24x24, batch 128, G 5e-5 / D 2e-4 (no further
 scaling), D:G 1:1, 250 epochs. Its finding: images look clean but SAGAN collapsed per class
@@ -6,8 +6,9 @@ scaling), D:G 1:1, 250 epochs. Its finding: images look clean but SAGAN collapse
 `sngan` gives that comparison run: no attention, 5 D steps per G step.
 
 The data is a class-per-folder image tree (the dataset's `thumb/` folder): set
---config.data.path. Training length assumes its 14,490 images: 14,490 // 128 = 113 steps
-per epoch, 250 epochs = 28,250 steps (override --config.train.num_steps for other copies).
+--config.data.path. With its 14,490 images, 14,490 // 128 = 113 steps per epoch, 250
+epochs = 28,250 steps (251 epochs with `original`); epochs become steps at run time, so
+other copies of the data train for the same number of epochs.
 
   python -m sagan_jax.main --config=configs/animeface.py \\
       --config.data.path=/data/animeface-character-dataset/thumb --workdir=/tmp/animeface
@@ -15,10 +16,8 @@ per epoch, 250 epochs = 28,250 steps (override --config.train.num_steps for othe
 """
 from configs import common
 
-NUM_TRAIN = 14_490
-NUM_CLASSES = 176
 
 
 def get_config(arg=None):
-    """`arg`: optional 'sngan' and/or 'test'."""
-    return common.get_96px_config(arg, "animeface", 250, NUM_TRAIN)
+    """`arg`: optional 'sngan', 'original' and/or 'test'."""
+    return common.get_96px_config(arg, "animeface", 250)

@@ -1,4 +1,4 @@
-"""CIFAR-10 at 32 px: the original's two experiment tables (../shared/SEED.md).
+"""CIFAR-10 at 32 px: the original's two experiment tables (docs/original.md).
 
 `case=0..7` (default 2) reproduces the ablation table, batch 256, 100 epochs, or 200
 epochs for the runs with the D loss limit (their G gets fewer updates):
@@ -26,17 +26,20 @@ D:G 1:1, 100 epochs); rows 0 and 1 use linear scaling of the 1e-4 / 4e-4 referen
 
 The original's IS used torchvision's Inception, 10k samples, 1 split (real CIFAR-10 ~10.25
 there); our IS uses the TF 2015 Inception, so compare trends, not the numbers.
-Training length: 50,000 images // batch steps per epoch (195 at batch 256), e.g. case 2 is
-100 x 195 = 19,500 steps. Sample grids every epoch, checkpoints and IS every 5 epochs.
+Training length is in epochs, turned into steps at run time: 50,000 // batch steps per
+epoch (195 at batch 256), e.g. case 2 is 100 x 195 = 19,500 steps, and 50 epochs at any
+other batch size keep 50 epochs. Sample grids every epoch, checkpoints and IS every 5
+epochs. `original` trains exactly as the original code did (README, "Differences from
+the original"): 101 epochs, or 201 with the D loss limit, as its scripts looped.
 
   python -m sagan_jax.main --config=configs/cifar10.py:case=5 --workdir=/tmp/cifar10_case5
   python -m sagan_jax.main --config=configs/cifar10.py:lrscale=0 --workdir=/tmp/cifar10_lr0
+  python -m sagan_jax.main --config=configs/cifar10.py:case=5,original --workdir=/tmp/c5_orig
   python -m sagan_jax.main --config=configs/cifar10.py:case=2,test --workdir=/tmp/t  # tiny
 """
 from configs import common
 
-NUM_TRAIN = 50_000
-# case -> (D loss limit, conditional, TTUR, attention), SEED.md's CIFAR-10 table.
+# case -> (D loss limit, conditional, TTUR, attention), docs/original.md's CIFAR-10 table.
 CASES = {
     0: (common.OFF, True, False, False),
     1: (common.OFF, True, True, False),
@@ -57,8 +60,8 @@ LR_SCALES = {
 
 
 def get_config(arg=None):
-    """`arg`: 'case=N' (0..7) or 'lrscale=N' (0..3), optionally with ',test'."""
-    args = common.parse_arg(arg, {"case": int, "lrscale": int, "test": bool})
+    """`arg`: 'case=N' (0..7) or 'lrscale=N' (0..3), optionally with ',original', ',test'."""
+    args = common.parse_arg(arg, {"case": int, "lrscale": int, "original": bool, "test": bool})
     if "case" in args and "lrscale" in args:
         raise ValueError("give either case= or lrscale=, not both.")
     c = common.get_base_config()
@@ -72,13 +75,12 @@ def get_config(arg=None):
         c.model.g_attention = c.model.d_attention = (8,)
     else:
         limit, conditional, ttur, attention = CASES[common.choose(args.get("case"), 2, CASES)]
-        c.schedule.d_loss_limit = limit
+        c.update_rule.d_loss_limit = limit
         c.model.conditional = conditional
         c.optim.g_lr, c.optim.d_lr = common.TTUR_LRS if ttur else common.NO_TTUR_LRS
         # Attention at 8x8: after G's first block, after D's first non-optimized block.
         c.model.g_attention = c.model.d_attention = (8,) if attention else ()
         epochs = 200 if limit != common.OFF else 100
-    common.train_for_epochs(c, epochs, NUM_TRAIN)
-    if args.get("test"):
-        common.make_test_variant(c)
+    common.original_protocol(c, epochs)
+    common.finish(c, args)
     return c

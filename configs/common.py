@@ -1,14 +1,19 @@
-"""The shared config vocabulary, the `arg` parser and the `test` variant.
+"""The shared config vocabulary, the `arg` parser, and the `test` and `original` variants.
 
 Every experiment file (`configs/<dataset>.py`) starts from `get_base_config()` and sets
 what its experiment changes. Configs are run from the repository root:
 `python -m sagan_jax.main --config=configs/cifar10.py:case=5 --workdir=DIR`.
+
+Lengths are given in epochs or in steps (`train.num_epochs` / `train.num_steps`, and
+likewise for grids, checkpoints and scores); epochs become steps when the run starts,
+from the dataset's real size and the batch size (`sagan_jax.periods`), and a value in
+steps, when not 0, overrides the one in epochs. 0 means "never" / "off" throughout.
 """
 from __future__ import annotations
 
 import ml_collections
 
-# Learning rates of the original (../shared/SEED.md, "Training"): TTUR, or 2e-4 for both.
+# Learning rates of the original (docs/original.md, "Training"): TTUR, or 2e-4 for both.
 TTUR_LRS = (1e-4, 4e-4)
 NO_TTUR_LRS = (2e-4, 2e-4)
 # The "D loss limit" rule of the original: mean of the last 5 D losses >= 0.5 -> 4 D-only steps.
@@ -16,73 +21,12 @@ D_LOSS_LIMIT = 0.5
 OFF = float("inf")
 
 
-def steps_for(epochs: int, num_examples: int, batch_size: int) -> int:
-    """Training length in steps: `epochs` passes over `num_examples`, last batch dropped.
-
-    The original counted epochs and dropped incomplete last batches (SEED.md), so one
-    epoch is `num_examples // batch_size` steps.
-    """
-    return epochs * (num_examples // batch_size)
-
-
-def train_for_epochs(c: ml_collections.ConfigDict, epochs: int, num_examples: int) -> None:
-    """Sets the run length and the original's output rhythm, at `c.train.batch_size`.
-
-    The original wrote a sample grid every epoch and a checkpoint every 5 epochs, and
-    scored every checkpoint with 10k samples and 1 split (SEED.md).
-    """
-    epoch = num_examples // c.train.batch_size
-    c.train.num_steps = steps_for(epochs, num_examples, c.train.batch_size)
-    c.log.sample_every_steps = epoch
-    c.checkpoint.every_steps = c.eval.every_steps = 5 * epoch
-    c.eval.num_samples, c.eval.splits = 10_000, 1
-
-
-def get_96px_config(arg: str | None, name: str, epochs: int,
-                    num_examples: int) -> ml_collections.ConfigDict:
-    """The original's 96 px SAGAN runs (AnimeFace, Flowers), or `sngan` for comparison.
-
-    SAGAN: attention at 24x24 (after G's third block, after D's first non-optimized
-    block), batch 128, G 5e-5 / D 2e-4, D:G 1:1. `sngan`: no attention, D:G 5:1.
-
-    Args:
-      arg: optional 'sngan' and/or 'test'.
-      name: the dataset's `data.name`.
-      epochs: training length of the original.
-      num_examples: images in the dataset.
-    """
-    args = parse_arg(arg, {"sngan": bool, "test": bool})
-    c = get_base_config()
-    c.data.name = name
-    c.data.image_size = c.model.resolution = 96
-    c.model.g_attention = c.model.d_attention = () if args.get("sngan") else (24,)
-    c.schedule.n_dis = 5 if args.get("sngan") else 1
-    c.optim.g_lr, c.optim.d_lr = 5e-5, 2e-4
-    c.train.batch_size = 128
-    train_for_epochs(c, epochs, num_examples)
-    c.log.grid_classes = 16
-    if args.get("test"):
-        make_test_variant(c)
-    return c
-
-
 def get_base_config() -> ml_collections.ConfigDict:
     """Defaults shared by every experiment (the original's choices where it had one)."""
     c = ml_collections.ConfigDict()
 
-    c.data = ml_collections.ConfigDict()
-    c.data.name = "cifar10"
-    c.data.image_size = 32
-    c.data.channels = 3
-    c.data.path = ""  # Folder datasets: root with one sub-folder per class.
-    c.data.data_dir = ""  # TFDS data_dir; '' = TFDS default.
-    c.data.manual_dir = ""
-    c.data.variant = ""  # STL-10 only: 'labelled' | 'unlabelled'.
-    c.data.resize = "bilinear"
-    c.data.prefetch = 2  # Batches prepared ahead of the step.
-
     c.model = ml_collections.ConfigDict()
-    c.model.resolution = 32  # Selects the architecture table (SEED.md, "Networks").
+    c.model.resolution = 32  # Selects the architecture table (docs/original.md, "Networks").
     c.model.width = 1.0  # Channel multiplier; 1.0 = the original's channel counts.
     c.model.z_dim = 128
     c.model.conditional = True
@@ -90,8 +34,28 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.model.d_attention = ()
     c.model.g_sn = True  # The original spectrally normalises G as well as D.
     c.model.dtype = "float32"  # 'bfloat16' computes in bf16, parameters stay fp32.
-    c.model.sn_iters = 1
+    # 'standard': torch.nn.utils.spectral_norm's persistent power iteration; 'original':
+    # the original code's one step from a fixed u0 in every pass, with its gradient.
+    c.model.sn_mode = "standard"
+    c.model.sn_iters = 1  # Power-iteration steps per training pass ('standard').
     c.model.sn_eps = 1e-12
+    # 'xavier': Xavier-uniform weights, zero biases; 'original': what the original's
+    # layers ended up with (PyTorch's defaults, docs/original.md "Initialisation as coded").
+    c.model.init = "xavier"
+    c.model.cbn_init = "zeros"  # Class embeddings of conditional BN: 'zeros' or 'xavier'.
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "cifar10"
+    # The images are read at G's resolution: one value, whichever name is set.
+    c.data.image_size = c.model.get_ref("resolution")
+    c.data.channels = 3
+    c.data.path = ""  # Folder datasets: root with one sub-folder per class.
+    c.data.data_dir = ""  # TFDS data_dir; '' = TFDS's default.
+    c.data.manual_dir = ""  # TFDS: folder holding the downloaded source archives.
+    c.data.variant = "labelled"  # STL-10 also has 'unlabelled'.
+    c.data.resize = "bilinear"
+    c.data.center_crop = True  # False stretches non-square images to the square.
+    c.data.prefetch = 2  # Batches prepared ahead of the step (0 = none).
 
     c.optim = ml_collections.ConfigDict()
     c.optim.g_lr, c.optim.d_lr = TTUR_LRS
@@ -100,42 +64,146 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.optim.lr_scaling = "none"  # 'linear': rates x batch_size / base_batch.
     c.optim.base_batch = 256
 
-    c.schedule = ml_collections.ConfigDict()
-    c.schedule.n_dis = 1  # D steps per G step (SAGAN 1, SNGAN 5).
-    c.schedule.d_loss_limit = OFF  # inf switches the D-loss-limit rule off.
-    c.schedule.window = 5
-    c.schedule.d_only_steps = 4
+    c.update_rule = ml_collections.ConfigDict()
+    c.update_rule.n_dis = 1  # D steps per G step (SAGAN 1, SNGAN 5).
+    c.update_rule.d_loss_limit = OFF  # inf switches the D-loss-limit rule off.
+    c.update_rule.window = 5
+    c.update_rule.d_only_steps = 4
+    # 'capped': the write-up's D:G 5:1 while the loss is high; 'original': the code's rule
+    # (per-epoch window and countdown; G starved while the loss stays high).
+    c.update_rule.limit_mode = "capped"
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 256  # Global batch, split over all devices.
-    c.train.num_steps = steps_for(100, 50_000, 256)
+    c.train.num_epochs = 100
+    c.train.num_steps = 0  # Not 0: the run length in steps, overriding num_epochs.
     c.train.seed = 0
     c.train.loss = "hinge"
     c.train.ema_decay = 0.999
     c.train.ema_start = 0
     c.train.sample_with_ema = True
-    c.train.bn_sync = False  # False: per-replica BN statistics, as the original on one GPU.
+    # DiffAugment of everything D sees (not in the original; sagan_jax/augment.py):
+    # '' (off) or a comma-separated subset of 'translation,cutout'.
+    c.train.augment = ""
+    # True: BN statistics of the global batch (the original's one-GPU runs); False: of
+    # each device's slice (its DataParallel runs at 96 px).
+    c.train.bn_sync = True
+    # Steps per call of the compiled step, run in a device-side loop between the steps
+    # at which anything periodic happens (saves the host work of each step; TPUs and
+    # fast GPUs want 8 or more). Two step functions are compiled when > 1.
+    c.train.steps_per_dispatch = 1
 
     c.checkpoint = ml_collections.ConfigDict()
-    c.checkpoint.every_steps = 1000
-    c.checkpoint.keep = 3
+    c.checkpoint.every_epochs = 5
+    c.checkpoint.every_steps = 0
+    c.checkpoint.offset_epochs = 0  # Not 0: the first checkpoint's epoch, then every N.
+    c.checkpoint.offset_steps = 0
+    c.checkpoint.keep = 3  # The latest N; 0 keeps all.
 
     c.log = ml_collections.ConfigDict()
-    c.train.ema_start = 0  # So that the EMA of G differs from G within the few steps.
     c.log.every_steps = 100
-    c.log.sample_every_steps = 1000
+    c.log.sample_every_epochs = 1
+    c.log.sample_every_steps = 0
     c.log.grid_rows = 8  # Samples per class (rows); one column per class.
     c.log.grid_classes = 10  # At most this many classes (columns) in a grid.
 
     c.eval = ml_collections.ConfigDict()
-    c.eval.every_steps = 0  # 0 = no evaluation during training.
+    c.eval.every_epochs = 0  # In-training scores; 0 = none.
+    c.eval.every_steps = 0
     c.eval.num_samples = 10_000
     c.eval.batch_size = 500
     c.eval.splits = 10
     c.eval.feature_net = "inception"
-    c.eval.inception_weights = ""
-    c.eval.stats_dir = ""
+    c.eval.inception_weights = ""  # '' = ~/.cache/sagan_jax/inception-2015-12-05.npz.
+    c.eval.stats_dir = ""  # '' = ~/.cache/sagan_jax.
+    c.eval.precision = "highest"  # Inception's convolutions: 'highest' (fp32) or 'default'.
+    c.eval.kid_subsets = 100  # KID as torch-fidelity: 100 subsets of 1000, seed 2020.
+    c.eval.kid_subset_size = 1000
+    c.eval.kid_seed = 2020
+
+    # Early warnings of the original's two failures (sagan_jax/monitors.py, README).
+    c.monitor = ml_collections.ConfigDict()
+    c.monitor.d_jump_short = 20  # Steps in the recent mean of D's loss...
+    c.monitor.d_jump_long = 500  # ...against the median / MAD of the steps before them.
+    c.monitor.d_jump_threshold = 4.0  # In robust standard deviations; inf = off.
+    c.monitor.checkpoint_on_jump = True  # An extra checkpoint, kept, where a jump fires.
+    # A class whose samples' diversity is below this fraction of its real images' is
+    # named as collapsed (computed with every evaluation).
+    c.monitor.collapse_threshold = 0.6
     return c
+
+
+def original_protocol(c: ml_collections.ConfigDict, epochs: int) -> None:
+    """The original's training length and output rhythm (docs/original.md, "Training").
+
+    A sample grid every epoch, a checkpoint every 5 epochs and in-training scores with
+    its protocol (10k samples, 1 split) at the same rhythm.
+    """
+    c.train.num_epochs = epochs
+    c.log.sample_every_epochs = 1
+    c.checkpoint.every_epochs = c.eval.every_epochs = 5
+    c.eval.num_samples, c.eval.splits = 10_000, 1
+
+
+def make_original(c: ml_collections.ConfigDict) -> None:
+    """Switches on every behaviour of the original code that our defaults differ from.
+
+    The README's "Differences from the original" lists each switch; the epochs (+1: the
+    scripts loop `range(epochs + 1)`) and the dataset-specific ones (Flowers stretched)
+    are set by the experiment files.
+    """
+    c.model.sn_mode = "original"
+    c.model.init = "original"
+    c.model.cbn_init = "xavier"
+    c.update_rule.limit_mode = "original"
+    c.train.num_epochs += 1
+    c.train.sample_with_ema = False  # The original had no EMA of G.
+    # Checkpoints after epochs 1, 6, 11, ... (the scripts save when `epoch % 5 == 0`),
+    # all kept, so that the best one can be scored and rendered after training.
+    c.checkpoint.offset_epochs = 1
+    c.checkpoint.keep = 0
+
+
+def get_96px_config(arg: str | None, name: str, epochs: int,
+                    original_stretches: bool = False) -> ml_collections.ConfigDict:
+    """The original's 96 px SAGAN runs (AnimeFace, Flowers), or `sngan` for comparison.
+
+    SAGAN: attention at 24x24 (after G's third block, after D's first non-optimized
+    block), batch 128, G 5e-5 / D 2e-4, D:G 1:1, BN statistics per device (the original
+    wrapped G and D in `DataParallel`). `sngan`: no attention, D:G 5:1.
+
+    Args:
+      arg: optional 'sngan', 'original' and/or 'test'.
+      name: the dataset's `data.name`.
+      epochs: training length of the original's write-up.
+      original_stretches: with `original`, stretch non-square images to the square
+        instead of cropping (the original's Oxford Flowers).
+    """
+    args = parse_arg(arg, {"sngan": bool, "original": bool, "test": bool})
+    c = get_base_config()
+    c.data.name = name
+    c.model.resolution = 96
+    c.model.g_attention = c.model.d_attention = () if args.get("sngan") else (24,)
+    c.update_rule.n_dis = 5 if args.get("sngan") else 1
+    c.optim.g_lr, c.optim.d_lr = 5e-5, 2e-4
+    c.train.batch_size = 128
+    c.train.bn_sync = False
+    original_protocol(c, epochs)
+    c.log.grid_classes = 16
+    c.data.center_crop = not (original_stretches and args.get("original"))
+    finish(c, args)
+    return c
+
+
+def finish(c: ml_collections.ConfigDict, args: dict) -> None:
+    """Applies the `original` and `test` arguments, in that order."""
+    if args.get("original"):
+        make_original(c)
+    if args.get("test"):
+        make_test_variant(c)
+
+
+_TRUE, _FALSE = ("", "1", "true", "yes"), ("0", "false", "no")
 
 
 def parse_arg(arg: str | None, allowed: dict[str, type]) -> dict:
@@ -143,7 +211,8 @@ def parse_arg(arg: str | None, allowed: dict[str, type]) -> dict:
 
     Args:
       arg: the text after ':' in `--config=configs/x.py:arg`, or None.
-      allowed: key -> type (`bool` keys are flags written without a value).
+      allowed: key -> type. `bool` keys are flags: `test` or `test=true|1|yes` is True,
+        `test=false|0|no` is False.
 
     Returns:
       The given keys with their typed values.
@@ -158,7 +227,17 @@ def parse_arg(arg: str | None, allowed: dict[str, type]) -> dict:
             raise ValueError(
                 f"unknown config argument {key!r}; use a comma-separated list of {sorted(allowed)}."
             )
-        out[key] = True if allowed[key] is bool and not value else allowed[key](value)
+        if allowed[key] is bool:
+            if value.lower() not in _TRUE + _FALSE:
+                raise ValueError(f"config argument {key}={value!r} is not a flag value; write "
+                                 f"{key}, {key}=true or {key}=false.")
+            out[key] = value.lower() in _TRUE
+        else:
+            try:
+                out[key] = allowed[key](value)
+            except ValueError:
+                raise ValueError(f"config argument {key}={value!r} is not a valid "
+                                 f"{allowed[key].__name__}.") from None
     return out
 
 
@@ -173,19 +252,20 @@ def choose(arg_value: int | None, default: int, table: dict) -> int:
 def make_test_variant(c: ml_collections.ConfigDict, width: float = 1 / 16) -> None:
     """Shrinks `c` in place to a tiny, offline run: narrow nets, batch 8, 3 steps.
 
-    Keeps the experiment's resolution, attention and schedule, so the test exercises
+    Keeps the experiment's resolution, attention and update rule, so the test exercises
     the same architecture table at a fraction of the width.
     """
     c.model.width = width
     c.train.batch_size = 8  # Divisible by the 4 host devices of the test session.
     c.train.num_steps = 3
     c.checkpoint.every_steps = 2
+    c.checkpoint.offset_epochs = c.checkpoint.offset_steps = 0
     c.checkpoint.keep = 2
     c.train.ema_start = 0  # So that the EMA of G differs from G within the few steps.
     c.log.every_steps = 1
     c.log.sample_every_steps = 2
     c.log.grid_rows = 2
     c.log.grid_classes = min(c.log.grid_classes, 4)
-    c.eval.every_steps = 0
+    c.eval.every_epochs = c.eval.every_steps = 0
     c.eval.num_samples = 64
     c.eval.batch_size = 32

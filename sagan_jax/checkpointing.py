@@ -1,83 +1,57 @@
-"""Checkpoints of a run: orbax async saves, resume with fallback, and the run's config.
+"""Checkpoints of a run: orbax async saves, resume with fallback, architecture check.
 
-Layout of a workdir: `config.json` (the config of the latest start), `checkpoints/<step>/`
-(orbax: the `state` pytree and a `config` copy), `corrupt_checkpoints/` (unreadable
-checkpoints moved out of the way on resume, never deleted).
+In a workdir (see `sagan_jax.workdir`): `checkpoints/<step>/` (orbax: the `state` pytree
+and a copy of the config), `corrupt_checkpoints/` (unreadable checkpoints moved out of
+the way on resume, never deleted).
 
-orbax writes each step into a temporary directory and renames it when complete, so a
-process killed while saving leaves no step directory, only a temporary one that the next
-start removes; the previous complete checkpoint is then the latest.
+orbax writes each step into a temporary directory and renames it when complete (in a
+cloud bucket, where renames are copies: in place, then a `commit_success.txt`), so a
+process killed while saving leaves only a temporary step that the next start removes;
+the previous complete checkpoint is then the latest.
+
+Several processes: every process saves its part of the global arrays; process 0 alone
+writes the small files and moves corrupt checkpoints, and the others wait for it.
+SIGTERM (a preempted TPU VM or spot GPU) is turned into "save this step, then stop"
+(`Checkpoints.reached_preemption`, `Preempted`).
 """
 from __future__ import annotations
 
 import json
-import logging as pylogging
-import os
-import shutil
+import signal
+import threading
 import time
 from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
+from jax.experimental import multihost_utils
 
-CONFIG_FILE = "config.json"
+from sagan_jax import workdir as workdir_lib
+
 CHECKPOINT_DIR = "checkpoints"
 CORRUPT_DIR = "corrupt_checkpoints"
+# Steps saved with `keep_forever` (e.g. at a D-loss jump), kept whatever `keep` says.
+KEPT_FILE = "kept_steps.json"
 
 
-class _OrbaxInfoFilter(pylogging.Filter):
-    def filter(self, record: pylogging.LogRecord) -> bool:
-        return record.levelno >= pylogging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
+class _KeptSteps(ocp.checkpoint_managers.PreservationPolicy):
+    """Preserves the steps listed in `KEPT_FILE` (read at start, extended by `add`)."""
 
+    def __init__(self, path: epath.Path):
+        self.path = path
+        self.steps: set[int] = set(json.loads(path.read_text())) if path.exists() else set()
 
-def quiet_orbax_logs() -> None:
-    """Drops orbax's INFO lines (dozens per save) from the log; its warnings stay."""
-    logging.get_absl_logger().addFilter(_OrbaxInfoFilter())
+    def add(self, step: int) -> None:
+        self.steps.add(step)
+        if jax.process_index() == 0:
+            self.path.write_text(json.dumps(sorted(self.steps)))
 
-
-def prepare_workdir(workdir: str) -> str:
-    """Creates `workdir` if needed and checks that it can be written; returns its absolute path."""
-    workdir = os.path.abspath(os.path.expanduser(workdir))
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, f".write_test_{os.getpid()}")
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
-    except OSError as e:
-        raise PermissionError(
-            f"cannot write to workdir {workdir} ({e.strerror}); choose a --workdir you can write to."
-        ) from None
-    return workdir
-
-
-def _jsonable(config: ml_collections.ConfigDict) -> dict:
-    """The config as plain JSON types (tuples become lists, inf stays a float)."""
-    return json.loads(config.to_json())
-
-
-def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-    """Writes `config.json` beside the checkpoints (process 0 only)."""
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-            f.write(config.to_json(indent=2, sort_keys=True))
-
-
-def _tuples(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _tuples(v) for k, v in value.items()}
-    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
-
-
-def read_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config a run in `workdir` was started with (lists read back as tuples)."""
-    path = os.path.join(os.path.abspath(workdir), CONFIG_FILE)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found; give the --workdir of a training run.")
-    with open(path) as f:
-        return ml_collections.ConfigDict(_tuples(json.load(f)))
+    def should_preserve(self, checkpoints, *, context):
+        return [c.step in self.steps for c in checkpoints]
 
 
 def _key_name(key) -> str:
@@ -108,23 +82,44 @@ def _abstract(tree: Any) -> Any:
         tree)
 
 
+def _any_process(flag: bool) -> bool:
+    """True on every process when `flag` is True on any (so that all take the same branch)."""
+    if jax.process_count() == 1:
+        return flag
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+
+
+class Preempted(Exception):
+    """The run was asked to stop (SIGTERM) and saved a checkpoint of the step it reached."""
+
+    def __init__(self, step: int, directory: epath.Path):
+        super().__init__(f"SIGTERM received; saved the checkpoint of step {step} in "
+                         f"{directory}; run the same command again to resume.")
+        self.step = step
+
+
 class Checkpoints:
     """The orbax `CheckpointManager` of one workdir.
 
+    A writer (not `read_only`) in a single process also catches SIGTERM until `close`:
+    the signal only sets a flag that `reached_preemption` reports at the next step (with
+    `jax.distributed`, JAX's preemption service catches it and agrees on the step).
+
     Args:
-      workdir: the run's directory (see `prepare_workdir`).
-      keep: how many of the latest checkpoints to keep.
+      workdir: the run's directory (see `sagan_jax.workdir`), local or gs://.
+      keep: how many of the latest checkpoints to keep (0: all); steps saved with
+        `keep_forever` are kept as well.
       async_saves: save in a background thread (training goes on while it writes).
       read_only: only read (evaluation): never save, delete or clean up, so a training
         run writing to the same workdir is left alone.
     """
 
-    def __init__(self, workdir: str, keep: int, async_saves: bool = True,
+    def __init__(self, workdir: epath.PathLike, keep: int, async_saves: bool = True,
                  read_only: bool = False):
-        self.workdir = workdir
+        self.workdir = workdir_lib.resolve(workdir)
         self.read_only = read_only
-        self.directory = os.path.join(workdir, CHECKPOINT_DIR)
-        if read_only and not os.path.isdir(self.directory):
+        self.directory = self.workdir / CHECKPOINT_DIR
+        if read_only and not self.directory.is_dir():
             raise FileNotFoundError(
                 f"no checkpoints in {self.directory}; give the --workdir of a training run.")
         if not read_only:
@@ -135,8 +130,10 @@ class Checkpoints:
         ocp.type_handlers.register_type_handler(
             jax.Array, ocp.type_handlers.ArrayHandler(
                 use_replica_parallel=jax.process_count() > 1), override=True)
+        self._kept = _KeptSteps(self.workdir / KEPT_FILE)
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=ocp.checkpoint_managers.LatestN(keep),
+            preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(
+                [ocp.checkpoint_managers.LatestN(keep or None), self._kept]),
             enable_async_checkpointing=async_saves,
             # Half-written saves of a killed run; a reader must not touch a live run's.
             cleanup_tmp_directories=not read_only,
@@ -148,27 +145,55 @@ class Checkpoints:
             item_handlers={"state": ocp.StandardCheckpointHandler(),
                            "config": ocp.JsonCheckpointHandler()},
         )
+        self._sigterm = False
+        self._previous_handler = None
+        if (not read_only and not jax.distributed.is_initialized()
+                and threading.current_thread() is threading.main_thread()):
+            previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+            # None: a handler installed outside Python; the default stands in for it.
+            self._previous_handler = signal.SIG_DFL if previous is None else previous
 
     def _warn_half_written(self) -> None:
         """Names the saves a killed run left unfinished (the manager then removes them)."""
-        if not os.path.isdir(self.directory):
-            return
-        partial = sorted(n for n in os.listdir(self.directory) if ".orbax-checkpoint-tmp" in n)
+        partial = sorted(ocp.step.tmp_checkpoints(self.directory))
         if partial:
             logging.warning(
                 "%s holds half-written checkpoints (%s) of an interrupted save; removing them "
                 "and resuming from the latest complete checkpoint.", self.directory,
                 ", ".join(partial))
 
+    def _on_sigterm(self, signum, frame) -> None:
+        del frame
+        self._sigterm = True
+        logging.warning("SIGTERM received: saving a checkpoint after this step, then stopping.")
+        # A second SIGTERM ends the process at once, as it would have without us.
+        signal.signal(signum, self._previous_handler)
+
+    def reached_preemption(self, call: int) -> bool:
+        """Whether the run must save its current step and stop (SIGTERM).
+
+        Call it after every dispatch, on every process, with `call` = 0, 1, 2, ...: with
+        several processes JAX's preemption service agrees on the first call that all of
+        them reach after the signal (the highest `call` any had made, plus one), so the
+        numbers must be consecutive, which steps are not when a dispatch runs several.
+        """
+        return self._sigterm or self.manager.reached_preemption(call)
+
     def all_steps(self) -> list[int]:
         """Steps of the complete checkpoints, oldest first."""
         return sorted(self.manager.all_steps())
 
-    def save(self, step: int, state: Any, config: ml_collections.ConfigDict) -> None:
-        """Starts an async save of `state` (with a copy of `config`) as `step`."""
+    def save(self, step: int, state: Any, config: ml_collections.ConfigDict,
+             keep_forever: bool = False) -> None:
+        """Starts an async save of `state` (with a copy of `config`) as `step`.
+
+        `keep_forever`: never delete this step, whatever `keep` says.
+        """
+        if keep_forever:
+            self._kept.add(step)
         self.manager.save(step, force=True, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
-            config=ocp.args.JsonSave(_jsonable(config)),
+            config=ocp.args.JsonSave(workdir_lib.jsonable(config)),
         ))
 
     def _check_architecture(self, step: int, saved_state: Any, state_like: Any,
@@ -179,28 +204,35 @@ class Checkpoints:
             return
         saved = self.manager.restore(step, args=ocp.args.Composite(
             config=ocp.args.JsonRestore()))["config"]
-        diffs = _differences(saved.get("model", {}), _jsonable(config)["model"], "model.")
+        diffs = _differences(saved.get("model", {}), workdir_lib.jsonable(config)["model"], "model.")
         diffs = diffs or _differences(saved_shapes, shapes, "")[:2]
         raise ValueError(
             f"workdir {self.workdir} holds checkpoints of a different architecture "
             f"({'; '.join(diffs)}); nothing was overwritten: use a new --workdir, or "
-            f"resume with the config in {os.path.join(self.workdir, CONFIG_FILE)}."
+            f"resume with the config in {self.workdir / workdir_lib.CONFIG_FILE}."
         )
 
-    def _set_aside(self, step: int, error: Exception) -> None:
-        """Moves an unreadable checkpoint out of the manager's way (keeping its files)."""
+    def _set_aside(self, step: int, error: Exception | None) -> None:
+        """Moves an unreadable checkpoint out of the manager's way (keeping its files).
+
+        Every process calls it (`error` is None where the step read well but another
+        process failed); process 0 moves the files, and all wait for it before reading on.
+        """
+        why = (f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]}"
+               if error is not None else "unreadable on another process")
         if self.read_only:
             logging.warning("checkpoint step %d is unreadable (%s); trying an earlier one.",
-                            step, type(error).__name__)
+                            step, why)
             return
-        target = os.path.join(self.workdir, CORRUPT_DIR, f"{step}.{int(time.time())}")
+        corrupt = self.workdir / CORRUPT_DIR
         if jax.process_index() == 0:
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            shutil.move(os.path.join(self.directory, str(step)), target)
+            corrupt.mkdir(parents=True, exist_ok=True)
+            __import__('shutil').move(str(self.directory / str(step)), str(corrupt / f"{step}.{int(time.time())}"))
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"sagan_jax: checkpoint {step} set aside")
         self.manager.reload()
-        logging.warning(
-            "checkpoint step %d is unreadable (%s: %s); moved it to %s and resuming from an "
-            "earlier one.", step, type(error).__name__, str(error).splitlines()[0][:200], target)
+        logging.warning("checkpoint step %d is unreadable (%s); moved it to %s and resuming from "
+                        "an earlier one.", step, why, corrupt)
 
     def restore_latest(self, state_like: Any, config: ml_collections.ConfigDict):
         """Restores the newest readable checkpoint into the structure and shardings of `state_like`.
@@ -221,21 +253,26 @@ class Checkpoints:
         """
         abstract = _abstract(state_like)
         for step in reversed(self.all_steps()):
+            saved_state, error = None, None
             try:
                 saved_state = self.manager.item_metadata(step)["state"]
                 if saved_state is None:
                     raise FileNotFoundError("no state metadata")
             except Exception as e:  # noqa: BLE001 -- any read failure means "unusable".
-                self._set_aside(step, e)
+                error = e
+            if _any_process(error is not None):
+                self._set_aside(step, error)
                 continue
             self._check_architecture(step, saved_state, abstract, config)
             try:
                 restored = self.manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract)))
+                    state=ocp.args.StandardRestore(abstract)))["state"]
             except Exception as e:  # noqa: BLE001
-                self._set_aside(step, e)
+                restored, error = None, e
+            if _any_process(error is not None):
+                self._set_aside(step, error)
                 continue
-            return restored["state"], step
+            return restored, step
         return None, 0
 
     def restore(self, step: int, state_like: Any) -> Any:
@@ -247,6 +284,10 @@ class Checkpoints:
             state=ocp.args.StandardRestore(_abstract(state_like))))["state"]
 
     def close(self) -> None:
-        """Waits for the pending save to be complete on disk, then releases the manager."""
+        """Waits for the pending save to be complete on disk, then releases the manager
+        (and SIGTERM)."""
         self.manager.wait_until_finished()
         self.manager.close()
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGTERM, self._previous_handler)
+            self._previous_handler = None

@@ -1,6 +1,6 @@
 """GAN losses for D and G as pure functions of D's logits.
 
-Hinge (the original's choice, shared/SEED.md) and the non-saturating sigmoid
+Hinge (the original's choice, docs/original.md) and the non-saturating sigmoid
 cross-entropy loss of Goodfellow et al. (2014).
 """
 from __future__ import annotations

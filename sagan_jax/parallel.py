@@ -1,4 +1,4 @@
-"""Data parallelism: the 1-D device mesh, shardings and per-replica randomness.
+"""Data parallelism: the 1-D device mesh, its shardings and the `jit(shard_map)` wrapper.
 
 The train step is written per replica with explicit collectives over `DATA_AXIS`
 (`lax.pmean`), i.e. with pmap semantics, and is run as `jax.jit(jax.shard_map(...))`
@@ -27,6 +27,11 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(DATA_AXIS))
 
 
+def stacked_batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Several steps' batches stacked (steps, batch, ...): the batch axis split."""
+    return NamedSharding(mesh, P(None, DATA_AXIS))
+
+
 def replicated_sharding(mesh: Mesh) -> NamedSharding:
     """The same full copy on every device of the mesh."""
     return NamedSharding(mesh, P())
@@ -40,11 +45,6 @@ def check_divisible(global_batch: int, mesh: Mesh) -> None:
             f"batch size {global_batch} is not divisible by the {n} devices of the mesh; "
             f"set --config.train.batch_size to a multiple of {n}."
         )
-
-
-def replica_key(key: jax.Array) -> jax.Array:
-    """A key of this replica's own (call inside shard_map/pmap over `DATA_AXIS`)."""
-    return jax.random.fold_in(key, jax.lax.axis_index(DATA_AXIS))
 
 
 def data_parallel(fn: Callable, mesh: Mesh, in_specs, out_specs, donate_argnums=()) -> Callable:

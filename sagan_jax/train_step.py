@@ -1,6 +1,6 @@
 """The compiled, data-parallel GAN train step: state, schedule, EMA, metrics.
 
-One iteration follows the original (shared/SEED.md, Training): a G step (unless the
+One iteration follows the original (docs/original.md, Training): a G step (unless the
 schedule in `sagan_jax.schedule` skips it), then a D step, all inside one compiled
 function with no host round trip. Every training-mode forward pass advances the SN
 power iteration and uses batch BN statistics, as in the original:
@@ -19,13 +19,14 @@ Data parallelism has pmap semantics: the step of `make_per_replica_step` sees it
 slice of the batch and averages gradients and losses with explicit `lax.pmean` over
 `parallel.DATA_AXIS`. It runs as `jax.jit(jax.shard_map(...))` (replication checks off,
 see `parallel.data_parallel`) and, unchanged, under `jax.pmap`. BN normalises with the
-statistics of the replica's own slice (`train.bn_sync = False`, like the original's one
-GPU at batch / N) or of the global batch (True); per-replica running averages are
-averaged across replicas so the state stays replicated. SN's `u` needs no collective:
+statistics of the replica's own slice (`train.bn_sync = False`, like the original's
+`DataParallel` runs at 96 px) or of the global batch (True, like its one-GPU CIFAR-10
+and STL-10 runs); per-replica running averages are averaged across replicas so the
+state stays replicated. SN's `u` needs no collective:
 every replica runs the same power iteration on the same weights.
 
-Noise: each example's `z` and fake label come from the step's key folded with the
-example's *global* index (replica index x local batch + position), so every replica
+Noise: each example's `z` and fake label come from `GAN.noise` with the step's key and
+the example's *global* index (replica index x local batch + position), so every replica
 draws its own noise, and a run gives the same numbers on 1 or N devices for the same
 global batch (which the tests check) at a cost proportional to the local batch.
 """
@@ -41,10 +42,9 @@ from flax import struct, traverse_util
 from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
 
-from sagan_jax import losses, parallel, schedule
-from sagan_jax.models import build_models
+from sagan_jax import augment, losses, parallel, update_rule
+from sagan_jax.gan import GAN
 
-_DTYPES = ("float32", "bfloat16")
 _G_COLLECTIONS = ["batch_stats", "spectral_norm"]
 _D_COLLECTIONS = ["spectral_norm"]
 _CHEAP_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
@@ -80,83 +80,58 @@ class TrainState:
     d_only_left: jax.Array
 
 
-def scaled_learning_rates(config: Any) -> tuple[float, float]:
-    """G and D learning rates after batch-size scaling.
-
-    With `optim.lr_scaling == 'linear'` both rates are multiplied by
-    `train.batch_size / optim.base_batch` (reference batch 256: x0.25 at 64, x0.5 at
-    128, SEED.md's lrscale table); with 'none' they are used as given.
-    """
-    scaling = config.optim.lr_scaling
-    if scaling == "none":
-        factor = 1.0
-    elif scaling == "linear":
-        factor = config.train.batch_size / config.optim.base_batch
-    else:
-        raise ValueError(f"unknown optim.lr_scaling {scaling!r}; set it to 'none' or 'linear'.")
-    return config.optim.g_lr * factor, config.optim.d_lr * factor
-
-
-def _optimizers(config: Any) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
-    g_lr, d_lr = scaled_learning_rates(config)
-    adam = functools.partial(optax.adam, b1=config.optim.b1, b2=config.optim.b2)
-    return adam(g_lr), adam(d_lr)
-
-
-def _models(config: Any, num_classes: int, channels: int, bn_axis_name: str | None = None):
-    if config.model.dtype not in _DTYPES:
-        raise ValueError(f"unknown model.dtype {config.model.dtype!r}; set it to one of {_DTYPES}.")
-    return build_models(config.model, num_classes, channels, bn_axis_name)
-
-
-def _num_label_classes(config: Any, num_classes: int) -> int:
-    return num_classes if config.model.conditional else 0
-
-
-def create_train_state(config: Any, num_classes: int, channels: int, key: jax.Array) -> TrainState:
-    """A fresh state: initialised G and D, Adam states, EMA = a copy of G, empty schedule.
+def create_train_state(gan: GAN, config: Any, key: jax.Array) -> TrainState:
+    """A fresh state: initialised G and D, Adam states, EMA = a copy of G, empty update rule.
 
     Args:
-      config: the full config (model, optim, schedule sections).
-      num_classes: classes of the dataset (ignored when the model is unconditional).
-      channels: image channels.
+      gan: the networks and optimizers (`gan.build`).
+      config: the full config (its `update_rule.window`).
       key: PRNG key for the parameters and the initial SN vectors.
 
     Returns:
       A `TrainState` of ordinary arrays; put it on the mesh with
       `jax.device_put(state, parallel.replicated_sharding(mesh))`.
     """
-    g, d = _models(config, num_classes, channels)
-    n = _num_label_classes(config, num_classes)
-    res = config.model.resolution
-    z = jnp.zeros((2, config.model.z_dim), jnp.float32)
-    x = jnp.zeros((2, res, res, channels), jnp.float32)
-    y = jnp.zeros((2,), jnp.int32) if n else None
+    z = jnp.zeros((2, gan.z_dim), jnp.float32)
+    x = jnp.zeros((2, *gan.image_shape), jnp.float32)
+    y = gan.labels_or_none(jnp.zeros((2,), jnp.int32))
 
     def init(key):
         g_key, d_key = jax.random.split(key)
-        return g.init({"params": g_key}, z, y), d.init({"params": d_key}, x, y)
+        return (gan.generator.init({"params": g_key}, z, y),
+                gan.discriminator.init({"params": d_key}, x, y))
 
     # Runs once, so its speed is irrelevant, while XLA's full LLVM optimisation of the
     # many initialisers (threefry each) took ~4x longer to compile on a 2-core CPU.
     g_vars, d_vars = jax.jit(init).lower(key).compile(compiler_options=_CHEAP_COMPILE)(key)
     g_params = g_vars.pop("params")
     d_params = d_vars.pop("params")
-    g_tx, d_tx = _optimizers(config)
     copy = functools.partial(jax.tree.map, jnp.copy)
     return TrainState(
         step=jnp.int32(0),
         g_params=g_params,
         d_params=d_params,
-        g_opt=g_tx.init(g_params),
-        d_opt=d_tx.init(d_params),
+        g_opt=gan.g_tx.init(g_params),
+        d_opt=gan.d_tx.init(d_params),
         g_state=dict(g_vars),
         d_state=dict(d_vars),
         ema_params=copy(g_params),
         ema_state=copy(dict(g_vars)),
-        d_loss_window=jnp.zeros((config.schedule.window,), jnp.float32),
+        d_loss_window=jnp.zeros((config.update_rule.window,), jnp.float32),
         d_only_left=jnp.int32(0),
     )
+
+
+GENERATORS = ("ema", "raw")
+
+
+def g_weights(state: TrainState, generator: str) -> tuple[Any, Any]:
+    """(params, model state) of G's EMA ('ema') or raw ('raw') weights in `state`."""
+    if generator not in GENERATORS:
+        raise ValueError(f"unknown generator {generator!r}; use one of {GENERATORS}.")
+    if generator == "ema":
+        return state.ema_params, state.ema_state
+    return state.g_params, state.g_state
 
 
 def ema_update(ema: Any, new: Any, step: jax.Array, decay: float, start: int) -> Any:
@@ -164,25 +139,6 @@ def ema_update(ema: Any, new: Any, step: jax.Array, decay: float, start: int) ->
     return jax.tree.map(
         lambda e, p: jnp.where(step >= start, decay * e + (1.0 - decay) * p, p), ema, new
     )
-
-
-def example_noise(key: jax.Array, indices: jax.Array, z_dim: int, num_classes: int):
-    """`z ~ N(0, I)` and uniform fake labels, one draw per (global) example index.
-
-    Args:
-      key: the key of this draw (shared by all replicas).
-      indices: int32 [n], global indices of this replica's examples.
-      z_dim: latent size.
-      num_classes: classes for the labels; 0 gives labels None.
-
-    Returns:
-      `(z float32 [n, z_dim], labels int32 [n] or None)`.
-    """
-    keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(key, i)))(indices)
-    z = jax.vmap(lambda k: jax.random.normal(k, (z_dim,), jnp.float32))(keys[:, 0])
-    if not num_classes:
-        return z, None
-    return z, jax.vmap(lambda k: jax.random.randint(k, (), 0, num_classes, jnp.int32))(keys[:, 1])
 
 
 def _replica_indices(local_batch: int) -> jax.Array:
@@ -216,27 +172,32 @@ def _use_cond(skip_with_cond: bool | None) -> bool:
     return jax.default_backend() != "cpu" if skip_with_cond is None else skip_with_cond
 
 
-def make_per_replica_step(config: Any, num_classes: int, channels: int,
+def make_per_replica_step(gan: GAN, config: Any, *, steps_per_epoch: int,
                           skip_with_cond: bool | None = None) -> Callable:
     """The step of one replica, with collectives over `parallel.DATA_AXIS`.
 
     Run it with `make_train_step` (shard_map) or under `jax.pmap(axis_name=DATA_AXIS)`.
-    `skip_with_cond`: skip G steps with `lax.cond` (True) or by masking (False); None
-    chooses by backend (see `_use_cond`).
+
+    Args:
+      gan: the networks and optimizers (`gan.build`).
+      config: the full config (update_rule, train sections).
+      steps_per_epoch: global batches per epoch (the original's D-loss rule starts
+        afresh each epoch).
+      skip_with_cond: skip G steps with `lax.cond` (True) or by masking (False); None
+        chooses by backend (see `_use_cond`).
 
     Returns:
       `step(state, batch, rng) -> (state, metrics)`. `batch` is this replica's
       {'image' float32 [b, H, W, C] in [-1, 1], 'label' int32 [b]}; `rng` is the run's
       key, the same every step (the step folds in `state.step` and the example index).
     """
-    schedule.check_config(config.schedule)
+    update_rule.check_config(config.update_rule)
+    rule = config.update_rule
     bn_sync = config.train.bn_sync
-    g, d = _models(config, num_classes, channels, parallel.DATA_AXIS if bn_sync else None)
-    g_tx, d_tx = _optimizers(config)
+    g, d = gan.generator, gan.discriminator
     d_loss_fn, g_loss_fn = losses.get(config.train.loss)
-    n_labels = _num_label_classes(config, num_classes)
-    z_dim = config.model.z_dim
     decay, ema_start = config.train.ema_decay, config.train.ema_start
+    policy = augment.parse(config.train.augment)
     pmean = functools.partial(lax.pmean, axis_name=parallel.DATA_AXIS)
     cond = lax.cond if _use_cond(skip_with_cond) else _masked_cond
 
@@ -252,36 +213,41 @@ def make_per_replica_step(config: Any, num_classes: int, channels: int,
         logits, upd = d.apply({"params": d_params, **d_state}, x, y, train=True, mutable=_D_COLLECTIONS)
         return logits, {**d_state, **upd}
 
-    def g_step(state, z, y):
+    def d_view(images, key):
+        """What D sees: `images` through the DiffAugment policy (unchanged without one)."""
+        return augment.augment(images, key, _replica_indices(images.shape[0]), policy)
+
+    def g_step(state, z, y, aug_key):
         def loss_fn(g_params):
             fake, g_state = run_g(g_params, state.g_state, z, y)
-            logits, d_state = run_d(state.d_params, state.d_state, fake, y)
+            logits, d_state = run_d(state.d_params, state.d_state, d_view(fake, aug_key), y)
             return g_loss_fn(logits), (g_state, d_state)
 
         (loss, (g_state, d_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g_params)
         grads = pmean(grads)
-        updates, g_opt = g_tx.update(grads, state.g_opt, state.g_params)
+        updates, g_opt = gan.g_tx.update(grads, state.g_opt, state.g_params)
         g_params = optax.apply_updates(state.g_params, updates)
         state = state.replace(g_params=g_params, g_opt=g_opt, g_state=g_state, d_state=d_state)
         return state, pmean(loss), optax.tree.norm(grads)
 
-    def skip_g_step(state, z, y):
+    def skip_g_step(state, z, y, aug_key):
         return state, jnp.float32(0.0), jnp.float32(0.0)
 
-    def d_step(state, batch, z, y_fake):
+    def d_step(state, batch, z, y_fake, aug_key):
         fake, g_state = run_g(state.g_params, state.g_state, z, y_fake)
-        fake = lax.stop_gradient(fake)
-        y_real = batch["label"] if n_labels else None
+        fake = d_view(lax.stop_gradient(fake), jax.random.fold_in(aug_key, 1))
+        real = d_view(batch["image"], aug_key)
+        y_real = gan.labels_or_none(batch["label"])
 
         def loss_fn(d_params):
-            real_logits, d_state = run_d(d_params, state.d_state, batch["image"], y_real)
+            real_logits, d_state = run_d(d_params, state.d_state, real, y_real)
             fake_logits, d_state = run_d(d_params, lax.stop_gradient(d_state), fake, y_fake)
             loss = d_loss_fn(real_logits, fake_logits)
             return loss, (d_state, jnp.mean(real_logits), jnp.mean(fake_logits))
 
         (loss, (d_state, d_real, d_fake)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.d_params)
         grads = pmean(grads)
-        updates, d_opt = d_tx.update(grads, state.d_opt, state.d_params)
+        updates, d_opt = gan.d_tx.update(grads, state.d_opt, state.d_params)
         d_params = optax.apply_updates(state.d_params, updates)
         state = state.replace(d_params=d_params, d_opt=d_opt, g_state=g_state, d_state=d_state)
         stats = dict(d_loss=loss, d_real=d_real, d_fake=d_fake, d_grad_norm=optax.tree.norm(grads))
@@ -296,20 +262,22 @@ def make_per_replica_step(config: Any, num_classes: int, channels: int,
         return state.replace(ema_params=ema_params, ema_state=ema_state)
 
     def step_fn(state: TrainState, batch: dict, rng: jax.Array):
-        key_g, key_d = jax.random.split(jax.random.fold_in(rng, state.step))
+        step_key = jax.random.fold_in(rng, state.step)
+        key_g, key_d = jax.random.split(step_key)
+        aug_g, aug_d = jax.random.split(jax.random.fold_in(step_key, 1))
         indices = _replica_indices(batch["image"].shape[0])
-        z_g, y_g = example_noise(key_g, indices, z_dim, n_labels)
-        z_d, y_d = example_noise(key_d, indices, z_dim, n_labels)
+        z_g, y_g = gan.noise(key_g, indices)
+        z_d, y_d = gan.noise(key_d, indices)
 
-        g_now = schedule.g_step_now(state.step, state.d_only_left, config.schedule)
-        state, g_loss, g_grad_norm = cond(g_now, g_step, skip_g_step, state, z_g, y_g)
-        state, stats = d_step(state, batch, z_d, y_d)
+        g_now = update_rule.g_step_now(state.step, state.d_only_left, rule, steps_per_epoch)
+        state, g_loss, g_grad_norm = cond(g_now, g_step, skip_g_step, state, z_g, y_g, aug_g)
+        state, stats = d_step(state, batch, z_d, y_d, aug_d)
         # The EMA follows G's updates (as BigGAN's), so its horizon counts G steps.
         state = cond(g_now, update_ema, lambda s: s, state)
 
-        window, d_only_left = schedule.update(
-            state.d_loss_window, state.d_only_left, stats["d_loss"], state.step, config.schedule
-        )
+        window, d_only_left = update_rule.update(
+            state.d_loss_window, state.d_only_left, stats["d_loss"], state.step, rule,
+            steps_per_epoch)
         state = state.replace(step=state.step + 1, d_loss_window=window, d_only_left=d_only_left)
         metrics = dict(
             stats, g_loss=g_loss, g_grad_norm=g_grad_norm, g_updated=g_now.astype(jnp.float32),
@@ -321,45 +289,72 @@ def make_per_replica_step(config: Any, num_classes: int, channels: int,
     return step_fn
 
 
-def make_train_step(config: Any, num_classes: int, channels: int, mesh: Mesh,
-                    skip_with_cond: bool | None = None) -> Callable:
+def make_train_step(gan: GAN, config: Any, mesh: Mesh, *, steps_per_epoch: int,
+                    steps_per_call: int = 1, skip_with_cond: bool | None = None) -> Callable:
     """The compiled data-parallel step over `mesh`; it donates the state.
 
     Args:
+      gan: the networks and optimizers (`gan.build`).
       config: the full config.
-      num_classes: classes of the dataset.
-      channels: image channels.
       mesh: the 1-D data mesh (`parallel.create_mesh()`).
+      steps_per_epoch: global batches per epoch (see `make_per_replica_step`).
+      steps_per_call: K > 1 runs up to K iterations per call in a loop on the device
+        (as TPU trainers do, saving the host a dispatch and a round trip per step).
+        The number run is an argument of the call, not of the compilation, so one
+        executable serves every count, and K iterations in one call equal K calls of
+        one iteration bit for bit.
       skip_with_cond: see `make_per_replica_step` (None: by backend).
 
     Returns:
-      `step(state, batch, rng) -> (state, metrics)`: `state` replicated, `batch` the
-      global batch sharded on its first axis, `rng` the run's key (the same every
-      step); `metrics` are scalars (`g_loss` and `g_grad_norm` are 0 where
-      `g_updated` is 0).
+      K = 1: `step(state, batch, rng) -> (state, metrics)`: `state` replicated, `batch`
+      the global batch sharded on its first axis, `rng` the run's key (the same every
+      step); `metrics` are scalars (`g_loss` and `g_grad_norm` are 0 where `g_updated`
+      is 0). K > 1: `step(state, batches, rng, count) -> (state, metrics)`: `batches`
+      K global batches stacked (K, B, ...), sharded on the batch axis, of which the
+      first `count` (an int32 scalar, 1 to K) are trained on in order; `metrics` stacked
+      (K,), zero beyond `count`.
     """
     parallel.check_divisible(config.train.batch_size, mesh)
-    fn = make_per_replica_step(config, num_classes, channels, skip_with_cond)
+    single = make_per_replica_step(gan, config, steps_per_epoch=steps_per_epoch,
+                                   skip_with_cond=skip_with_cond)
+    if steps_per_call == 1:
+        return parallel.data_parallel(
+            single, mesh, in_specs=(P(), P(parallel.DATA_AXIS), P()), out_specs=(P(), P()),
+            donate_argnums=(0,))
+
+    def several(state, batches, rng, count):
+        def body(i, carry):
+            state, metrics = carry
+            batch = jax.tree.map(lambda x: lax.dynamic_index_in_dim(x, i, keepdims=False),
+                                 batches)
+            state, step_metrics = single(state, batch, rng)
+            return state, jax.tree.map(lambda m, v: m.at[i].set(v), metrics, step_metrics)
+
+        first = jax.tree.map(lambda x: x[0], batches)
+        shapes = jax.eval_shape(single, state, first, rng)[1]
+        metrics = jax.tree.map(lambda s: jnp.zeros((steps_per_call,), s.dtype), shapes)
+        # A trip count known only at run time: XLA keeps the loop (and its body's
+        # compilation) whatever the count.
+        return lax.fori_loop(0, count, body, (state, metrics))
+
     return parallel.data_parallel(
-        fn, mesh, in_specs=(P(), P(parallel.DATA_AXIS), P()), out_specs=(P(), P()), donate_argnums=(0,)
-    )
+        several, mesh, in_specs=(P(), P(None, parallel.DATA_AXIS), P(), P()),
+        out_specs=(P(), P()), donate_argnums=(0,))
 
 
-def make_generate_fn(config: Any, num_classes: int, channels: int, mesh: Mesh) -> Callable:
-    """Eval-mode G on the mesh (BN running statistics, SN `u`s read, not advanced).
+def make_generate_fn(gan: GAN, mesh: Mesh) -> Callable:
+    """Eval-mode G on the mesh (BN running statistics, SN state read, not advanced).
 
     Returns:
       `generate(g_params, g_state, key, labels) -> images` float32 [-1, 1] NHWC, one per
       label (their number a multiple of the mesh size). Pass `state.ema_params,
-      state.ema_state` or `state.g_params, state.g_state`. Example i's `z` depends only
-      on `key` and i, not on the number of devices. Unconditional models ignore labels.
+      state.ema_state` or `state.g_params, state.g_state`. Example i's `z` is
+      `gan.noise(key, i)`'s, whatever the number of devices (the sample grids draw theirs
+      the same way). Unconditional models ignore labels.
     """
-    g, _ = _models(config, num_classes, channels)
-    n_labels = _num_label_classes(config, num_classes)
-
     def per_replica(g_params, g_state, key, labels):
-        z, _ = example_noise(key, _replica_indices(labels.shape[0]), config.model.z_dim, 0)
-        return g.apply({"params": g_params, **g_state}, z, labels if n_labels else None)
+        z, _ = gan.noise(key, _replica_indices(labels.shape[0]))
+        return gan.generator.apply({"params": g_params, **g_state}, z, gan.labels_or_none(labels))
 
     fn = parallel.data_parallel(
         per_replica, mesh, in_specs=(P(), P(), P(), P(parallel.DATA_AXIS)), out_specs=P(parallel.DATA_AXIS)

@@ -18,28 +18,42 @@ from sagan_jax import train_step
 _CACHE = {}
 
 
-def _architecture_key(name, config, num_classes, channels, extra):
-    """What the compiled function depends on: not the run length, logging or checkpoints."""
-    shaping = {k: config[k].to_dict() for k in ("model", "optim", "schedule")}
-    shaping["train"] = {k: v for k, v in config.train.to_dict().items() if k != "num_steps"}
-    return (name, json.dumps(shaping, sort_keys=True, default=str), num_classes, channels,
-            str(extra))
+def _gan_key(gan):
+    """The GAN's identity (its optimizers' repr names function addresses, so not that)."""
+    return repr((gan.generator, gan.discriminator, gan.g_lr, gan.d_lr, gan.num_classes))
+
+
+def _architecture_key(name, gan, config, extra):
+    """What the compiled function depends on: the GAN and the step's config, not the run
+    length, logging or checkpoints."""
+    shaping = {k: config[k].to_dict() for k in ("model", "optim", "update_rule")}
+    shaping["train"] = {k: v for k, v in config.train.to_dict().items()
+                        if k not in ("num_steps", "num_epochs")}
+    return (name, _gan_key(gan), json.dumps(shaping, sort_keys=True, default=str), str(extra))
 
 
 def _memoized(name, make):
-    def wrapper(config, num_classes, channels, last, **kwargs):
-        if name == "create_train_state":
-            key = _architecture_key(name, config, num_classes, channels,
-                                    np.asarray(jax.random.key_data(last)).tolist())
-            if key not in _CACHE:
-                _CACHE[key] = make(config, num_classes, channels, last, **kwargs)
-            return jax.tree.map(jnp.copy, _CACHE[key])
-        key = _architecture_key(name, config, num_classes, channels,
-                                [d.id for d in last.devices.flat])
-        if key not in _CACHE:
-            _CACHE[key] = make(config, num_classes, channels, last, **kwargs)
-        return _CACHE[key]
-    return wrapper
+    def create_train_state(gan, config, key):
+        cache_key = _architecture_key(name, gan, config,
+                                      np.asarray(jax.random.key_data(key)).tolist())
+        if cache_key not in _CACHE:
+            _CACHE[cache_key] = make(gan, config, key)
+        return jax.tree.map(jnp.copy, _CACHE[cache_key])
+
+    def make_train_step(gan, config, mesh, **kwargs):
+        cache_key = _architecture_key(name, gan, config,
+                                      ([d.id for d in mesh.devices.flat], sorted(kwargs.items())))
+        if cache_key not in _CACHE:
+            _CACHE[cache_key] = make(gan, config, mesh, **kwargs)
+        return _CACHE[cache_key]
+
+    def make_generate_fn(gan, mesh):
+        cache_key = (name, _gan_key(gan), str([d.id for d in mesh.devices.flat]))
+        if cache_key not in _CACHE:
+            _CACHE[cache_key] = make(gan, mesh)
+        return _CACHE[cache_key]
+
+    return locals()[name]
 
 
 @pytest.fixture(scope="module", autouse=True)

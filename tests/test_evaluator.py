@@ -5,23 +5,25 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from flax import traverse_util
+from scipy.spatial.distance import pdist
 
+from configs import common
 from sagan_jax import parallel
 from sagan_jax.evaluation import digits_net, inception, scores
 from sagan_jax.evaluation.evaluator import Evaluator
 
 
-def _configs(tmp_path, feature_net="digits", batch_size=200, weights=""):
-    eval_cfg = ml_collections.ConfigDict(dict(
-        feature_net=feature_net, batch_size=batch_size, splits=10, inception_weights=weights,
-        stats_dir=str(tmp_path / "stats"), num_samples=400, every_steps=0))
-    data_cfg = ml_collections.ConfigDict(dict(
-        name="digits", image_size=16, channels=1, path="", variant="", resize="bilinear"))
-    return eval_cfg, data_cfg
+def _configs(tmp_path, feature_net="digits", batch_size=200, weights="", **eval_overrides):
+    """The base config's `eval` and `data` sections (16 px grey digits) with overrides."""
+    c = common.get_base_config()
+    c.eval.update(dict(feature_net=feature_net, batch_size=batch_size, splits=10,
+                       inception_weights=weights, stats_dir=str(tmp_path / "stats"),
+                       num_samples=400, **eval_overrides))
+    c.data.update(dict(name="digits", image_size=16, channels=1))
+    return c.eval, c.data
 
 
 @pytest.fixture(scope="module")
@@ -30,14 +32,16 @@ def digits16():
     return images.repeat(2, axis=1).repeat(2, axis=2), labels  # 16 px, as the quick start
 
 
-def _batches(images, size=100):  # 1797 = 17 x 100 + 97: the last batch is short
-    return lambda: ({"image": images[i:i + size]} for i in range(0, len(images), size))
+def _batches(images, labels=None, size=100):  # 1797 = 17 x 100 + 97: the last is short
+    labels = np.zeros(len(images), np.int32) if labels is None else labels
+    return lambda: ({"image": images[i:i + size], "label": labels[i:i + size]}
+                    for i in range(0, len(images), size))
 
 
 def test_reference_stats_cached_and_equal_to_direct_features(tmp_path, digits16):
-    images, _ = digits16
+    images, labels = digits16
     eval_cfg, data_cfg = _configs(tmp_path)
-    ev = Evaluator.create(eval_cfg, data_cfg, parallel.create_mesh(), _batches(images))
+    ev = Evaluator.create(eval_cfg, data_cfg, parallel.create_mesh(), _batches(images, labels))
     feats, _ = digits_net.extract(digits_net.load_variables(), images)
     mu, sigma = scores.gaussian_stats(np.asarray(feats))
     assert ev.reference.num_examples == 1797
@@ -54,9 +58,8 @@ def test_reference_stats_cached_and_equal_to_direct_features(tmp_path, digits16)
 
 def test_scores_of_real_digits_and_independent_recomputation(tmp_path, digits16):
     images, labels = digits16
-    eval_cfg, data_cfg = _configs(tmp_path)
-    ev = Evaluator.create(eval_cfg, data_cfg, parallel.create_mesh(), _batches(images),
-                          kid_subsets=10, kid_subset_size=200)
+    eval_cfg, data_cfg = _configs(tmp_path, kid_subsets=10, kid_subset_size=200)
+    ev = Evaluator.create(eval_cfg, data_cfg, parallel.create_mesh(), _batches(images, labels))
     by_class = jnp.asarray(np.stack([images[labels == c][:170] for c in range(10)]))
     seen = []
 
@@ -66,7 +69,8 @@ def test_scores_of_real_digits_and_independent_recomputation(tmp_path, digits16)
         return out
 
     got = ev.evaluate(generate, 10, 390, jax.random.key(0))
-    assert set(got) == {"IS", "IS_std", "FID", "KID"}
+    assert set(got) == {"IS", "IS_std", "FID", "KID", "diversity_ratio_min"} | {
+        f"diversity_ratio/{c}" for c in range(10)}
     ys = np.concatenate([y for y, _ in seen])
     assert ys.dtype == np.int32 and len(ys) == 400 and set(ys) == set(range(10))
     gen = np.concatenate([x for _, x in seen])[:390]
@@ -83,6 +87,31 @@ def test_scores_of_real_digits_and_independent_recomputation(tmp_path, digits16)
                        ("KID", want_kid)]:
         assert got[name] == pytest.approx(want, rel=1e-5, abs=1e-7), name
     assert got["IS"] > 8.0 and got["FID"] < 5.0
+    # Real scans as samples: every class as diverse as the real ones (no collapse).
+    ratios = [got[f"diversity_ratio/{c}"] for c in range(10)]
+    assert min(ratios) == got["diversity_ratio_min"] > 0.85 and max(ratios) < 1.2
+
+
+def test_collapse_check_names_exactly_the_classes_that_ignore_z(tmp_path, digits16):
+    """Classes 2 and 7 always give the same image; the others give random real scans."""
+    images, labels = digits16
+    eval_cfg, data_cfg = _configs(tmp_path)
+    ev = Evaluator.create(eval_cfg, data_cfg, parallel.create_mesh(), _batches(images, labels))
+    by_class = jnp.asarray(np.stack([images[labels == c][:170] for c in range(10)]))
+    collapsed = jnp.asarray([c in (2, 7) for c in range(10)])
+
+    def generate(key, y):
+        index = jax.random.randint(key, y.shape, 0, 170)
+        return by_class[y, jnp.where(collapsed[y], 0, index)]
+
+    got = ev.evaluate(generate, 10, 600, jax.random.key(0))
+    ratios = np.asarray([got[f"diversity_ratio/{c}"] for c in range(10)])
+    assert np.flatnonzero(ratios < 0.6).tolist() == [2, 7]
+    assert ratios[[2, 7]].max() < 1e-6 and np.delete(ratios, [2, 7]).min() > 0.85
+    # Independent recomputation: scipy's pairwise distances of the real features.
+    feats, _ = digits_net.extract(digits_net.load_variables(), images)
+    real = [pdist(np.asarray(feats, np.float64)[labels == c]).mean() for c in range(10)]
+    np.testing.assert_allclose(ev.reference.class_diversity, real, rtol=1e-6)
 
 
 def test_scores_do_not_depend_on_eval_batch_size(tmp_path, digits16):
@@ -91,9 +120,10 @@ def test_scores_do_not_depend_on_eval_batch_size(tmp_path, digits16):
     generate = lambda key, y: templates[y] * 0.9  # depends on the per-sample labels only
     results = []
     for batch_size in (40, 200):
-        eval_cfg, data_cfg = _configs(tmp_path, batch_size=batch_size)
-        ev = Evaluator.create(eval_cfg, data_cfg, parallel.create_mesh(), _batches(images),
-                              kid_subsets=5, kid_subset_size=100)
+        eval_cfg, data_cfg = _configs(tmp_path, batch_size=batch_size, kid_subsets=5,
+                                      kid_subset_size=100)
+        ev = Evaluator.create(eval_cfg, data_cfg, parallel.create_mesh(),
+                              _batches(images, labels))
         results.append(ev.evaluate(generate, 10, 390, jax.random.key(1)))
     # Measured: identical to the last bit.
     for name in results[0]:
@@ -129,11 +159,11 @@ def test_random_inception_path_scores_reals_against_themselves(tmp_path):
     weights = tmp_path / "random_inception.npz"
     _random_inception_weights(weights)
     reals = np.random.default_rng(0).uniform(-1, 1, (8, 32, 32, 3)).astype(np.float32)
-    eval_cfg, data_cfg = _configs(tmp_path, "inception", batch_size=4, weights=str(weights))
+    eval_cfg, data_cfg = _configs(tmp_path, "inception", batch_size=4, weights=str(weights),
+                                  kid_subsets=3)
     eval_cfg.splits = 2
     data_cfg.update(name="noise", image_size=32, channels=3)
-    ev = Evaluator.create(eval_cfg, data_cfg, parallel.create_mesh(), _batches(reals, 8),
-                          kid_subsets=3)
+    ev = Evaluator.create(eval_cfg, data_cfg, parallel.create_mesh(), _batches(reals, size=8))
     assert ev.reference.mu.shape == (2048,) and ev.reference.num_examples == 8
     batches = iter([reals[:4], reals[4:]])
     got = ev.evaluate(lambda key, y: jnp.asarray(next(batches)), 0, 8, jax.random.key(0))

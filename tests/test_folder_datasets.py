@@ -12,20 +12,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sagan_jax import input_pipeline, parallel
+from configs import common
+from sagan_jax import data, parallel
 
 CLASSES = ("a_dog", "b_cat", "c_owl")  # sorted: labels 0, 1, 2
 
 
 def folder_config(path, **overrides) -> ml_collections.ConfigDict:
-    cfg = dict(name="image_folder", image_size=16, channels=3, path=str(path), data_dir="",
-               manual_dir="", variant="", resize="bilinear", prefetch=2)
-    cfg.update(overrides)
-    return ml_collections.ConfigDict(cfg)
+    """The base config's `data` section for a 16 px RGB folder dataset, with `overrides`."""
+    cfg = common.get_base_config().data
+    cfg.update({**dict(name="image_folder", image_size=16, channels=3, path=str(path)), **overrides})
+    return cfg
 
 
 def load(path, **overrides):
-    return input_pipeline.create_dataset(folder_config(path, **overrides), 4, seed=0,
+    return data.create_dataset(folder_config(path, **overrides), 4, seed=0,
                                          mesh=parallel.create_mesh(jax.devices()[:2]))
 
 
@@ -35,12 +36,13 @@ def write_png(path: pathlib.Path, shape, mode: str, seed: int) -> None:
     Image.fromarray(pixels, mode).save(path)
 
 
-def reference(path: str, size: int) -> np.ndarray:
-    """Pillow: decode to RGB, central square, float bilinear resize per channel (unrounded)."""
+def reference(path: str, size: int, crop: bool = True) -> np.ndarray:
+    """Pillow: decode to RGB, central square (or the whole image, stretched), float bilinear
+    resize per channel (unrounded)."""
     rgb = np.asarray(Image.open(path).convert("RGB"), np.float32)
     side = min(rgb.shape[:2])
     top, left = (rgb.shape[0] - side) // 2, (rgb.shape[1] - side) // 2
-    crop = rgb[top:top + side, left:left + side]
+    crop = rgb[top:top + side, left:left + side] if crop else rgb
     return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(crop[..., c])).resize(
         (size, size), Image.BILINEAR)) for c in range(3)], -1)
 
@@ -83,6 +85,18 @@ def test_folder_images_labels_and_skipped_files(tree, caplog):
     diff = np.abs((images + 1) * 127.5 - want)
     assert diff.max() <= 1.0 + 1e-4 and diff.mean() < 0.01
     assert "ignoring 4 non-image files" in caplog.text
+
+
+def test_without_center_crop_images_are_stretched(tree):
+    """`data.center_crop=False` (the original's Oxford Flowers) squeezes the whole image."""
+    ds = load(tree, center_crop=False)
+    files = expected_files(tree)
+    images = np.concatenate([b["image"] for b in ds.eval_iterator(100)])
+    want = np.clip(np.round(np.stack([reference(p, 16, crop=False) for p, _ in files])), 0, 255)
+    diff = np.abs((images + 1) * 127.5 - want)
+    assert diff.max() <= 1.0 + 1e-4 and diff.mean() < 0.01
+    cropped = np.clip(np.round(np.stack([reference(p, 16) for p, _ in files])), 0, 255)
+    assert np.abs((images + 1) * 127.5 - cropped).mean() > 5  # the two really differ
 
 
 def test_animeface_reads_the_same_tree_in_gray(tree, caplog):

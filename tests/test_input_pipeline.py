@@ -13,14 +13,16 @@ import tensorflow_datasets as tfds
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from sagan_jax import data_sources, input_pipeline, parallel
+from configs import common
+from sagan_jax import data, parallel
+from sagan_jax.data import sources
 
 
 def data_config(**overrides) -> ml_collections.ConfigDict:
-    cfg = dict(name="digits", image_size=16, channels=1, path="", data_dir="", manual_dir="",
-               variant="", resize="bilinear", prefetch=2)
-    cfg.update(overrides)
-    return ml_collections.ConfigDict(cfg)
+    """The base config's `data` section (16 px grey digits) with `overrides`."""
+    cfg = common.get_base_config().data
+    cfg.update({**dict(name="digits", image_size=16, channels=1), **overrides})
+    return cfg
 
 
 def mesh_of(n: int):
@@ -49,7 +51,7 @@ def indexed_dataset(n: int, batch: int, mesh, seed: int = 0, prefetch: int = 2):
     images = np.zeros((n, 4, 4, 3), np.uint8)
     images[:, 0, 0, 0], images[:, 0, 1, 0] = np.arange(n) % 256, np.arange(n) // 256
     labels = (np.arange(n) % 7).astype(np.int32)
-    return input_pipeline.Dataset(images, labels, 7, batch, seed, mesh, prefetch)
+    return data.Dataset(images, labels, 7, batch, seed, mesh, prefetch)
 
 
 def example_ids(images) -> np.ndarray:
@@ -59,7 +61,7 @@ def example_ids(images) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def digits16():
-    return input_pipeline.create_dataset(data_config(), 64, seed=0, mesh=mesh_of(1))
+    return data.create_dataset(data_config(), 64, seed=0, mesh=mesh_of(1))
 
 
 def test_digits_are_the_real_1797_images(digits16):
@@ -79,14 +81,14 @@ def test_digits_are_the_real_1797_images(digits16):
 
 
 def test_digits_native_size_maps_0_16_onto_minus1_1():
-    ds = input_pipeline.create_dataset(data_config(image_size=8), 64, seed=0, mesh=mesh_of(1))
+    ds = data.create_dataset(data_config(image_size=8), 64, seed=0, mesh=mesh_of(1))
     images, _ = all_examples(ds)
     expected = np.round(load_digits().images * 255 / 16) / 127.5 - 1
     np.testing.assert_allclose(images[..., 0], expected, atol=1e-6)
 
 
 def test_digits_three_channels_replicate_gray(digits16):
-    ds = input_pipeline.create_dataset(data_config(channels=3), 64, seed=0, mesh=mesh_of(1))
+    ds = data.create_dataset(data_config(channels=3), 64, seed=0, mesh=mesh_of(1))
     rgb, _ = all_examples(ds)
     gray, _ = all_examples(digits16)
     assert ds.channels == 3
@@ -95,7 +97,7 @@ def test_digits_three_channels_replicate_gray(digits16):
 
 
 def test_resize_method_is_configurable(digits16):
-    ds = input_pipeline.create_dataset(data_config(resize="nearest"), 64, 0, mesh_of(1))
+    ds = data.create_dataset(data_config(resize="nearest"), 64, 0, mesh_of(1))
     nearest, _ = all_examples(ds)
     expected = np.repeat(np.repeat(np.round(load_digits().images * 255 / 16), 2, 1), 2, 2)
     np.testing.assert_allclose(nearest[..., 0], expected / 127.5 - 1, atol=1e-6)
@@ -104,8 +106,8 @@ def test_resize_method_is_configurable(digits16):
 
 def test_each_process_gets_an_equal_disjoint_share():
     cfg = data_config(image_size=8)
-    whole = data_sources.load_examples(cfg, 0, 1)
-    shares = [data_sources.load_examples(cfg, p, 4) for p in range(4)]
+    whole = sources.load_examples(cfg, 0, 1)
+    shares = [sources.load_examples(cfg, p, 4) for p in range(4)]
     assert [len(s.labels) for s in shares] == [449] * 4  # 1797 = 4 * 449 + 1 dropped
     for p, share in enumerate(shares):
         np.testing.assert_array_equal(share.images, whole.images[p:1796:4])
@@ -182,14 +184,14 @@ def test_prefetch_thread_errors_reach_the_consumer(monkeypatch):
 
 
 @pytest.mark.parametrize("name, variant, split, size, num_classes", [
-    ("cifar10", "", "train", 32, 10),
+    ("cifar10", "labelled", "train", 32, 10),
     ("stl10", "labelled", "train+test", 48, 10),
     ("stl10", "unlabelled", "unlabelled", 48, 0),
-    ("oxford_flowers102", "", "train+validation+test", 96, 102),
+    ("oxford_flowers102", "labelled", "train+validation+test", 96, 102),
 ])
 def test_tfds_datasets(name, variant, split, size, num_classes):
     with tfds.testing.mock_data(num_examples=12):
-        ds = input_pipeline.create_dataset(
+        ds = data.create_dataset(
             data_config(name=name, variant=variant, image_size=size, channels=3), 8, seed=1,
             mesh=mesh_of(2))
         raw = list(tfds.builder(name).as_dataset(split=split).as_numpy_iterator())
@@ -217,7 +219,7 @@ def test_tfds_offline_failure_says_how_to_place_the_data(monkeypatch, tmp_path):
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", offline)
     cfg = data_config(name="cifar10", image_size=32, channels=3, data_dir=str(tmp_path))
     with pytest.raises(ConnectionError) as error:
-        input_pipeline.create_dataset(cfg, 8, seed=0, mesh=mesh_of(1))
+        data.create_dataset(cfg, 8, seed=0, mesh=mesh_of(1))
     message = str(error.value)
     assert "\n" not in message and str(tmp_path) in message
     for part in ("Failed to resolve", "data_dir", "manual_dir", "cifar-10-binary.tar.gz",
@@ -234,12 +236,12 @@ def test_tfds_offline_failure_says_how_to_place_the_data(monkeypatch, tmp_path):
 ])
 def test_bad_settings_fail_with_one_line(overrides, error, match):
     with pytest.raises(error, match=match) as info:
-        input_pipeline.create_dataset(data_config(**overrides), 8, seed=0, mesh=mesh_of(1))
+        data.create_dataset(data_config(**overrides), 8, seed=0, mesh=mesh_of(1))
     assert "\n" not in str(info.value)
 
 
 def test_batch_must_split_over_the_devices_and_fit_the_data():
     with pytest.raises(ValueError, match="not divisible by the 4 devices"):
-        input_pipeline.create_dataset(data_config(), 6, seed=0, mesh=mesh_of(4))
+        data.create_dataset(data_config(), 6, seed=0, mesh=mesh_of(4))
     with pytest.raises(ValueError, match="larger than the dataset .50 examples"):
         indexed_dataset(n=50, batch=64, mesh=mesh_of(1))

@@ -7,15 +7,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sagan_jax.models import ARCHITECTURES, SN_COLLECTION, Discriminator, Generator, get_architecture
+from configs.common import get_base_config
+from sagan_jax.models import (
+    ARCHITECTURES, SN_COLLECTION, Discriminator, Generator, build_models, get_architecture,
+)
 
 
 def _param_count(tree):
     return sum(x.size for x in jax.tree_util.tree_leaves(tree))
 
 
-# shared/SEED.md: trainable parameters of the original (resolution, classes, attention, G, D).
-SEED_COUNTS = [
+# docs/original.md: trainable parameters of the original (resolution, classes, attention, G, D).
+ORIGINAL_COUNTS = [
     (32, 10, True, 4_391_364, 1_075_810),
     (32, 0, True, 4_359_108, 1_074_530),
     (32, 10, False, 4_308_995, 1_055_105),
@@ -25,7 +28,7 @@ SEED_COUNTS = [
 ]
 
 
-@pytest.mark.parametrize("resolution,classes,attention,g_count,d_count", SEED_COUNTS)
+@pytest.mark.parametrize("resolution,classes,attention,g_count,d_count", ORIGINAL_COUNTS)
 def test_parameter_counts_equal_the_original(resolution, classes, attention, g_count, d_count):
     arch = get_architecture(resolution)
     g = Generator(resolution=resolution, num_classes=classes, attention=arch.g_attention if attention else ())
@@ -62,6 +65,42 @@ def test_shapes_and_range_of_every_table(resolution, classes):
     g_att = [k for k in g_vars["params"] if k.startswith("attention")]
     d_att = [k for k in d_vars["params"] if k.startswith("attention")]
     assert len(g_att) == len(arch.g_attention) and len(d_att) == len(arch.d_attention)
+
+
+def _model_config(**fields):
+    cfg = get_base_config().model
+    cfg.update(dict(resolution=16, width=1 / 16, g_attention=(8,), d_attention=(8,), **fields))
+    return cfg
+
+
+def test_build_models_reads_the_switches():
+    g, d = build_models(_model_config(sn_mode="original", init="original", cbn_init="xavier"), 3, 3)
+    assert (g.sn_mode, g.param_init, g.cbn_init) == ("original", "original", "xavier")
+    assert (d.sn_mode, d.param_init) == ("original", "original")
+    z, labels = jnp.zeros((2, g.z_dim)), jnp.array([0, 2])
+    g_vars = jax.eval_shape(lambda: g.init({"params": jax.random.key(0)}, z, labels))
+    d_vars = jax.eval_shape(lambda: d.init({"params": jax.random.key(0)}, jnp.zeros((2, 16, 16, 3)), labels))
+    # The original SN keeps only u0; the embedding's runs over the classes (nn.Embedding).
+    assert set(d_vars[SN_COLLECTION]["embed"]) == {"u"} and d_vars[SN_COLLECTION]["embed"]["u"].shape == (3,)
+    assert set(g_vars[SN_COLLECTION]["dense"]) == {"u"}
+    g_std, d_std = build_models(_model_config(sn_mode="standard", init="xavier", cbn_init="zeros"), 3, 3)
+    std_vars = jax.eval_shape(lambda: g_std.init({"params": jax.random.key(0)}, z, labels))
+    assert set(std_vars[SN_COLLECTION]["dense"]) == {"u", "v"}
+    # Same parameters whatever the switches.
+    assert jax.tree_util.tree_map(jnp.shape, std_vars["params"]) == jax.tree_util.tree_map(jnp.shape, g_vars["params"])
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("sn_mode", "clipped", "model.sn_mode"),
+    ("init", "he", "model.init"),
+    ("cbn_init", "ones", "model.cbn_init"),
+    ("sn_iters", 2, "sn_iters=1"),
+])
+def test_build_models_rejects_unknown_switches(field, value, message):
+    fields = dict(sn_mode="original", init="xavier", cbn_init="zeros")
+    fields[field] = value
+    with pytest.raises(ValueError, match=message):
+        build_models(_model_config(**fields), 3, 3)
 
 
 def test_attention_placement_follows_seed():

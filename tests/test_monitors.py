@@ -4,6 +4,7 @@ References: scipy's pdist for the diversity; a plain-Python transcription of the
 statistic from its docstring (statistics.median, no ring buffers).
 """
 import math
+import pathlib
 import statistics
 
 import numpy as np
@@ -222,3 +223,23 @@ def test_collapse_warning_names_the_classes():
     assert monitors.collapse_warning(ratios, np.array([1, 3]), 0.6) == (
         "class-wise collapse: 2 of 4 classes have less than 0.6 of the real images' "
         "diversity (class (ratio)): 1 (0.12), 3 (0.50)")
+
+
+# D's loss at every step of a real run of the digits quick start (`configs/digits.py`,
+# logged with --config.log.every_steps=1; see the header of the file).
+REAL_TRACE = pathlib.Path(__file__).parent / "data" / "digits_quick_start_d_loss.txt"
+
+
+def test_no_false_alarm_on_the_real_quick_start_and_a_jump_added_to_it_fires():
+    losses = np.loadtxt(REAL_TRACE)
+    detector = monitors.DLossJumpDetector()
+    readings = [detector.update(step, loss) for step, loss in enumerate(losses, 1)]
+    assert not any(r.fired for r in readings)
+    level = np.nanmax([r.statistic for r in readings])
+    assert level < detector.threshold
+    # The same trace with D's loss raised by 0.5 from step 900 on (the size of the jump
+    # that the original saw): one warning, within `short` steps of 900.
+    jumped = losses + np.where(np.arange(1, len(losses) + 1) >= 900, 0.5, 0.0)
+    detector = monitors.DLossJumpDetector()
+    fired = [s for s, loss in enumerate(jumped, 1) if detector.update(s, loss).fired]
+    assert len(fired) == 1 and 900 <= fired[0] < 900 + detector.short

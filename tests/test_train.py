@@ -20,7 +20,8 @@ import tensorflow_datasets as tfds
 from compiled_once import compile_once  # noqa: F401 -- an autouse fixture.
 from PIL import Image
 
-from sagan_jax import checkpointing, input_pipeline, train, train_step
+from sagan_jax import checkpointing, data, gan as gan_lib, train, train_step
+from sagan_jax import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -78,7 +79,11 @@ def test_config_test_variant_trains_end_to_end(name, classes, tmp_path):
     assert int(state.step) == config.train.num_steps == 3
     assert all(np.isfinite(x).all() for x in leaves(state) if x.dtype.kind == "f")
     assert checkpointing.Checkpoints(workdir, 2, read_only=True).all_steps() == [2, 3]
-    assert checkpointing.read_config(workdir) == config
+    saved = workdir_lib.read_config(workdir)
+    run = saved.run.to_dict()
+    del saved.run
+    assert workdir_lib.jsonable(saved) == workdir_lib.jsonable(config)
+    assert run["num_steps"] == 3 and run["num_classes"] == classes
     # One column per class shown (at most log.grid_classes), log.grid_rows rows.
     res, scale = config.model.resolution, max(1, 64 // config.model.resolution)
     cols = min(classes, config.log.grid_classes)
@@ -89,7 +94,12 @@ def test_config_test_variant_trains_end_to_end(name, classes, tmp_path):
     tags = event_tags(workdir)
     assert {"train/d_loss", "train/g_loss", "samples", "steps_per_sec"} <= tags
     if name == "digits":
-        assert {"eval/ema/IS", "eval/ema/FID", "eval/ema/KID"} <= tags
+        assert {"eval/ema/IS", "eval/ema/FID", "eval/ema/KID", "eval/ema/diversity_ratio_min",
+                "eval/ema/diversity_ratio/0"} <= tags
+    elif name == "cifar10":  # No Inception weights: the collapse check runs in D's features.
+        assert {"eval/ema/d_features/diversity_ratio_min",
+                "eval/ema/d_features/diversity_ratio/9"} <= tags
+        assert not any(t.startswith("eval/ema/IS") for t in tags)
     else:
         assert not any(t.startswith("eval/") for t in tags)
 
@@ -120,25 +130,44 @@ def test_resume_reaches_the_same_state_bit_for_bit(reference_run, tmp_path):
     assert checkpointing.Checkpoints(workdir, 3, read_only=True).all_steps() == [2, 4]
 
 
-# A training run in a child process that blocks inside orbax's final rename of the step
-# 4 checkpoint (its files written, its directory still temporary) and says so: the test
-# SIGKILLs it at exactly that point. The child's step is a stand-in (every float +1) that
-# compiles in a second: what is tested is the checkpointing, not the numbers.
+def test_several_steps_per_dispatch_resume_bit_for_bit(tmp_path):
+    """Up to 3 steps per call (a device-side loop), calls ending at the checkpoints: an
+    unbroken 4-step run, and one stopped at 2 and resumed, end bit-identical, with the
+    checkpoints of every 2 steps. (How close the loop's steps are to single steps is
+    tested in test_train_step.py.)"""
+    def config(num_steps):
+        c = digits_config(num_steps)
+        c.train.steps_per_dispatch = 3
+        c.log.every_steps = c.log.sample_every_steps = 6
+        return c
+
+    unbroken = train.train_and_evaluate(config(4), str(tmp_path / "a"))
+    train.train_and_evaluate(config(2), str(tmp_path / "b"))
+    resumed = train.train_and_evaluate(config(4), str(tmp_path / "b"))
+    assert_same_state(resumed, unbroken)
+    assert checkpointing.Checkpoints(str(tmp_path / "b"), 3, read_only=True).all_steps() == [2, 4]
+
+
+# A training run in a child process whose save of step 4 blocks once every file of the
+# step is written, just before its temporary directory is renamed into place, and says
+# so: the test SIGKILLs it at exactly that point. The block sits in the file system call
+# (`os.rename`, which orbax uses for that final rename of a local directory), not in
+# orbax's internals. The child's step is a stand-in (every float +1) that compiles in a
+# second: what is tested is the checkpointing, not the numbers.
 CHILD = textwrap.dedent("""
-    import sys, time
+    import os, sys, time
     sys.path.insert(0, {repo!r})
     import jax, jax.numpy as jnp
-    from orbax.checkpoint._src.path import atomicity
     from sagan_jax import train, train_step
     from configs import digits
 
-    finalize = atomicity.AtomicRenameTemporaryPath.finalize
+    rename = os.rename
 
-    async def blocking_finalize(self, *args, **kwargs):
-        if self.get_final().name == "4":
+    def blocking_rename(src, dst, *args, **kwargs):
+        if os.path.basename(os.fspath(dst)) == "4":
             print("SAVING 4", flush=True)
             time.sleep(600)
-        return await finalize(self, *args, **kwargs)
+        return rename(src, dst, *args, **kwargs)
 
     def plus_one_step(*unused_args, **unused_kwargs):
         def step(state, batch, rng):
@@ -147,7 +176,7 @@ CHILD = textwrap.dedent("""
             return state.replace(step=state.step + 1), dict(d_loss=0.0, g_loss=0.0, g_updated=1.0)
         return jax.jit(step)
 
-    atomicity.AtomicRenameTemporaryPath.finalize = blocking_finalize
+    os.rename = blocking_rename
     train_step.make_train_step = plus_one_step
     config = digits.get_config("test")
     config.train.num_steps, config.checkpoint.every_steps = 6, 2
@@ -179,7 +208,7 @@ def test_sigkill_while_saving_resumes_from_the_last_complete_checkpoint(tmp_path
 
     config = digits_config(4)
     init_key = jax.random.split(jax.random.key(config.train.seed), 4)[0]
-    initial = train_step.create_train_state(config, 10, 1, init_key)
+    initial = train_step.create_train_state(gan_lib.build(config, 10, 1), config, init_key)
     ckpts = checkpointing.Checkpoints(workdir, 3, read_only=True)
     restored, step = ckpts.restore_latest(initial, config)
     ckpts.close()
@@ -228,20 +257,20 @@ def files_and_times(root):
 
 def _poison_batch(monkeypatch, bad_step):
     """Makes the input pipeline's batch `bad_step` all NaN."""
-    create = input_pipeline.create_dataset
+    create = data.create_dataset
 
     def create_dataset(*args, **kwargs):
         ds = create(*args, **kwargs)
         iterator = ds.iterator
 
-        def poisoned(start_step=0):
-            for i, batch in enumerate(iterator(start_step), start_step):
+        def poisoned(start_step=0, chunks=None, size=1):
+            for i, batch in enumerate(iterator(start_step, chunks, size), start_step):
                 yield {**batch, "image": batch["image"] * jnp.nan} if i == bad_step else batch
 
         ds.iterator = poisoned
         return ds
 
-    monkeypatch.setattr(input_pipeline, "create_dataset", create_dataset)
+    monkeypatch.setattr(data, "create_dataset", create_dataset)
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(monkeypatch, tmp_path):
@@ -254,7 +283,8 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(monkeypatch, 
     assert "non-finite loss at step 5" in message and "last good checkpoint is step 4" in message
     ckpts = checkpointing.Checkpoints(workdir, 3, read_only=True)
     assert ckpts.all_steps() == [2, 4]
-    like = train_step.create_train_state(digits_config(8), 10, 1, jax.random.key(0))
+    config = digits_config(8)
+    like = train_step.create_train_state(gan_lib.build(config, 10, 1), config, jax.random.key(0))
     restored = ckpts.restore(4, like)
     assert int(restored.step) == 4
     assert all(np.isfinite(x).all() for x in leaves(restored) if x.dtype.kind == "f")

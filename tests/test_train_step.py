@@ -9,29 +9,39 @@ Compiles are the cost on a 2-core CPU, so a few module-scoped runs feed several 
 """
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
+import optax
 import pytest
 
-from sagan_jax import parallel, train_step
-from sagan_jax.models import build_models
+from configs import common
+from sagan_jax import gan as gan_lib, parallel, train_step, visualize
 
 NUM_CLASSES, CHANNELS, BATCH = 10, 3, 8
+STEPS_PER_EPOCH = 100  # Longer than any run here: the capped rule ignores epochs anyway.
+BASE = {
+    "model.resolution": 16, "model.width": 1 / 16, "model.z_dim": 16,
+    "model.g_attention": (8,), "model.d_attention": (8,),
+    "optim.lr_scaling": "linear", "optim.base_batch": 16,
+    "update_rule.n_dis": 2,
+    "train.batch_size": BATCH, "train.ema_decay": 0.9, "train.ema_start": 1,
+}
 
 
 def _config(**overrides):
-    cfg = ml_collections.ConfigDict(dict(
-        model=dict(resolution=16, width=1 / 16, z_dim=16, conditional=True, g_attention=(8,),
-                   d_attention=(8,), g_sn=True, dtype="float32", sn_iters=1, sn_eps=1e-12),
-        optim=dict(g_lr=1e-4, d_lr=4e-4, b1=0.0, b2=0.9, lr_scaling="linear", base_batch=16),
-        schedule=dict(n_dis=2, d_loss_limit=float("inf"), window=5, d_only_steps=4),
-        train=dict(batch_size=BATCH, seed=0, loss="hinge", ema_decay=0.9, ema_start=1,
-                   sample_with_ema=True, bn_sync=True),
-    ))
-    for key, value in overrides.items():
+    cfg = common.get_base_config()
+    for key, value in {**BASE, **overrides}.items():
         section, field = key.split(".")
         cfg[section][field] = value
     return cfg
+
+
+def _gan(cfg=None):
+    return gan_lib.build(cfg or _config(), NUM_CLASSES, CHANNELS)
+
+
+def mu(opt_state):
+    """Adam's first moment (b1 = 0: the last gradient), through optax's public tree API."""
+    return optax.tree.get(opt_state, "mu")
 
 
 def _batch():
@@ -50,15 +60,16 @@ def _compile(fn, *args):
 
 @pytest.fixture(scope="module")
 def init_state():
-    return jax.device_get(train_step.create_train_state(_config(), NUM_CLASSES, CHANNELS, jax.random.key(0)))
+    return jax.device_get(train_step.create_train_state(_gan(), _config(), jax.random.key(0)))
 
 
 def _run(cfg, state, mesh, steps, skip_with_cond=None):
     """`steps` iterations; returns the host copies of every state and the metrics."""
     device_state = jax.device_put(state, parallel.replicated_sharding(mesh))
     batch = jax.device_put(_batch(), parallel.batch_sharding(mesh))
-    # One executable serves every iteration: the schedule cannot ask for a recompile.
-    step = train_step.make_train_step(cfg, NUM_CLASSES, CHANNELS, mesh, skip_with_cond)
+    # One executable serves every iteration: the update rule cannot ask for a recompile.
+    step = train_step.make_train_step(_gan(cfg), cfg, mesh, steps_per_epoch=STEPS_PER_EPOCH,
+                                      skip_with_cond=skip_with_cond)
     fn = _compile(step, device_state, batch, RNG)
     states, metrics = [state], []
     for _ in range(steps):
@@ -87,12 +98,14 @@ def _adam_first_step(params, grads, lr, b1=0.0, b2=0.9, eps=1e-8):
 
 
 def _reference_iteration(cfg, state, batch, rng):
-    """Iteration 0 written plainly on one device: G step, then D step (shared/SEED.md)."""
-    g, d = build_models(cfg.model, NUM_CLASSES, CHANNELS)
+    """Iteration 0 written plainly on one device: G step, then D step (docs/original.md)."""
+    gan = _gan(cfg)
+    # One device, outside shard_map: BN over the whole batch needs no axis to sync over.
+    g, d = gan.generator.clone(bn_axis_name=None), gan.discriminator
     key_g, key_d = jax.random.split(jax.random.fold_in(rng, 0))
     idx = jnp.arange(BATCH)
-    z, y = train_step.example_noise(key_g, idx, cfg.model.z_dim, NUM_CLASSES)
-    z2, y2 = train_step.example_noise(key_d, idx, cfg.model.z_dim, NUM_CLASSES)
+    z, y = gan.noise(key_g, idx)
+    z2, y2 = gan.noise(key_d, idx)
     mut = ["batch_stats", "spectral_norm"]
 
     def g_loss(gp):
@@ -143,9 +156,9 @@ def _assert_same_g_state(a, b, mean_tol):
 
 
 def test_learning_rate_scaling_matches_lrscale_table():
-    """SEED.md's CIFAR-10 lrscale cases, from base rates 1e-4 / 4e-4 at batch 256."""
+    """docs/original.md's CIFAR-10 lrscale cases, from base rates 1e-4 / 4e-4 at batch 256."""
     def rates(batch, scaling):
-        return train_step.scaled_learning_rates(
+        return gan_lib.scaled_learning_rates(
             _config(**{"train.batch_size": batch, "optim.lr_scaling": scaling, "optim.base_batch": 256}))
     assert rates(64, "linear") == (2.5e-5, 1e-4)      # case 0
     assert rates(128, "linear") == (5e-5, 2e-4)       # case 1
@@ -162,10 +175,10 @@ def test_first_iteration_matches_plain_reference(init_state, run_1dev):
     args = (init_state, _batch(), RNG)
     ref, ref_metrics = _compile(jax.jit(lambda *a: _reference_iteration(cfg, *a)), *args)(*args)
     new = states[1]
-    g_lr, d_lr = train_step.scaled_learning_rates(cfg)
+    g_lr, d_lr = gan_lib.scaled_learning_rates(cfg)
     # Adam's state holds the averaged gradients (b1 = 0: mu is the gradient itself).
-    assert _max_diff(new.g_opt[0].mu, ref["g_grads"]) < 1e-5
-    assert _max_diff(new.d_opt[0].mu, ref["d_grads"]) < 1e-5
+    assert _max_diff(mu(new.g_opt), ref["g_grads"]) < 1e-5
+    assert _max_diff(mu(new.d_opt), ref["d_grads"]) < 1e-5
     _assert_same_params(new.g_params, ref["g_params"], ref["g_grads"], g_lr, 1)
     _assert_same_params(new.d_params, ref["d_params"], ref["d_grads"], d_lr, 1)
     # D's u advanced three times (G step, real pass, fake pass), G's twice, BN twice.
@@ -179,7 +192,7 @@ def test_first_iteration_matches_plain_reference(init_state, run_1dev):
 
 def test_ttur_rates_reach_the_right_optimizer(init_state, run_1dev):
     """Adam's first step moves every weight with a real gradient by its lr (b1 = 0)."""
-    g_lr, d_lr = train_step.scaled_learning_rates(_config())
+    g_lr, d_lr = gan_lib.scaled_learning_rates(_config())
     assert (g_lr, d_lr) == (5e-5, 2e-4)
     new = run_1dev[0][1]
     for lr, old, now in ((g_lr, init_state.g_params, new.g_params), (d_lr, init_state.d_params, new.d_params)):
@@ -222,12 +235,12 @@ def test_metrics_are_scalars_with_attention_gammas(run_1dev):
 
 def _assert_same_state(a, b):
     """Two runs of `STEPS` iterations from the same start reached the same state."""
-    g_lr, d_lr = train_step.scaled_learning_rates(_config())
-    assert _max_diff(a.g_opt[0].mu, b.g_opt[0].mu) < 1e-5
-    assert _max_diff(a.d_opt[0].mu, b.d_opt[0].mu) < 1e-5
-    _assert_same_params(a.g_params, b.g_params, a.g_opt[0].mu, g_lr, STEPS)
-    _assert_same_params(a.ema_params, b.ema_params, a.g_opt[0].mu, g_lr, STEPS)
-    _assert_same_params(a.d_params, b.d_params, a.d_opt[0].mu, d_lr, STEPS)
+    g_lr, d_lr = gan_lib.scaled_learning_rates(_config())
+    assert _max_diff(mu(a.g_opt), mu(b.g_opt)) < 1e-5
+    assert _max_diff(mu(a.d_opt), mu(b.d_opt)) < 1e-5
+    _assert_same_params(a.g_params, b.g_params, mu(a.g_opt), g_lr, STEPS)
+    _assert_same_params(a.ema_params, b.ema_params, mu(a.g_opt), g_lr, STEPS)
+    _assert_same_params(a.d_params, b.d_params, mu(a.d_opt), d_lr, STEPS)
     _assert_same_g_state(a.g_state, b.g_state, mean_tol=5e-4)
     _assert_same_g_state(a.ema_state, b.ema_state, mean_tol=5e-4)
     assert _max_diff(a.d_state, b.d_state) < 1e-6
@@ -263,8 +276,9 @@ def test_pmap_matches_shard_map(init_state, run_4dev):
     the two ways of skipping are compared as well.
     """
     n = 4
-    step = jax.pmap(train_step.make_per_replica_step(_config(), NUM_CLASSES, CHANNELS, skip_with_cond=True),
-                    axis_name=parallel.DATA_AXIS, in_axes=(0, 0, None))
+    per_replica = train_step.make_per_replica_step(
+        _gan(), _config(), steps_per_epoch=STEPS_PER_EPOCH, skip_with_cond=True)
+    step = jax.pmap(per_replica, axis_name=parallel.DATA_AXIS, in_axes=(0, 0, None))
     # On the devices as pmap leaves its outputs, so every call runs one executable.
     state = jax.pmap(lambda x: x)(_stack(init_state, n))
     batch = jax.tree.map(lambda x: np.asarray(x).reshape(n, BATCH // n, *x.shape[1:]), _batch())
@@ -283,14 +297,14 @@ def test_pmap_matches_shard_map(init_state, run_4dev):
 def run_dis(init_state):
     """bfloat16, per-replica BN, n_dis 2 and a D-loss limit of 0 (hinge D loss >= 0)."""
     cfg = _config(**{"model.dtype": "bfloat16", "train.bn_sync": False,
-                     "schedule.d_loss_limit": 0.0, "schedule.n_dis": 2})
-    return _run(cfg, init_state, parallel.create_mesh(), 11, skip_with_cond=True)
+                     "update_rule.d_loss_limit": 0.0, "update_rule.n_dis": 2})
+    return (*_run(cfg, init_state, parallel.create_mesh(), 11, skip_with_cond=True), cfg)
 
 
-def test_schedule_runs_inside_the_step(run_dis):
+def test_update_rule_runs_inside_the_step(run_dis):
     """Iteration 0 starts a countdown (steps 1-4 D-only); 5 is odd (n_dis 2) and starts
     another (6-9 D-only); 10 has the next G step."""
-    states, metrics, _ = run_dis
+    states, metrics, _, _ = run_dis
     g_updated = [int(m["g_updated"]) for m in metrics]
     assert g_updated == [1] + [0] * 9 + [1]
     assert [int(m["d_only_left"]) for m in metrics] == [4, 3, 2, 1, 0, 4, 3, 2, 1, 0, 4]
@@ -300,8 +314,8 @@ def test_schedule_runs_inside_the_step(run_dis):
         g_moved = _max_diff(before.g_params, after.g_params) > 0
         assert g_moved == bool(updated) and (_max_diff(before.ema_params, after.ema_params) > 0) == bool(updated)
         assert _max_diff(before.d_params, after.d_params) > 0
-        assert int(after.g_opt[0].count) == sum(g_updated[: i + 1])
-        assert int(after.d_opt[0].count) == i + 1
+        assert int(optax.tree.get(after.g_opt, "count")) == sum(g_updated[: i + 1])
+        assert int(optax.tree.get(after.d_opt, "count")) == i + 1
         assert metrics[i]["g_loss"] == 0 or updated
     np.testing.assert_allclose(states[-1].d_loss_window, [m["d_loss"] for m in metrics[-5:]])
 
@@ -328,14 +342,61 @@ def test_generate_is_eval_mode_g_with_per_example_noise(run_1dev):
     state = run_1dev[0][-1]
     labels = np.arange(BATCH) % NUM_CLASSES
     key = jax.random.key(3)
-    g, _ = build_models(cfg.model, NUM_CLASSES, CHANNELS)
-    z, _ = train_step.example_noise(key, jnp.arange(BATCH), cfg.model.z_dim, 0)
+    gan = _gan(cfg)
+    z, _ = gan.noise(key, jnp.arange(BATCH))
     variables = {"params": state.ema_params, **state.ema_state}
+    g = gan.generator
     expected = _compile(jax.jit(g.apply), variables, z, labels)(variables, z, labels)
-    generate = train_step.make_generate_fn(cfg, NUM_CLASSES, CHANNELS, parallel.create_mesh())
+    generate = train_step.make_generate_fn(gan, parallel.create_mesh())
     images = generate(state.ema_params, state.ema_state, key, labels)
     assert images.shape == (BATCH, 16, 16, CHANNELS) and images.dtype == jnp.float32
     np.testing.assert_allclose(images, expected, atol=1e-5)
     assert np.abs(expected).max() <= 1.0 and np.std(expected) > 1e-3
     with pytest.raises(ValueError, match="multiple of 4"):
         generate(state.ema_params, state.ema_state, key, labels[:6])
+
+
+def test_grids_and_scores_draw_the_same_z_for_the_same_key(run_1dev):
+    """A sample grid (one device, explicit z) shows the images that the scoring generator
+    (sharded over 4 devices) makes for the same key and labels."""
+    gan, state, key = _gan(), run_1dev[0][-1], jax.random.key(5)
+    labels = visualize.grid_labels(NUM_CLASSES, 2, 4)
+    scored = train_step.make_generate_fn(gan, parallel.create_mesh())(
+        state.ema_params, state.ema_state, key, labels)
+    variables = {"params": state.ema_params, **state.ema_state}
+    grid = visualize.class_grid(jax.jit(lambda z, y: gan.generator.apply(variables, z, y)),
+                                gan, key, 2, 4)
+    expected = visualize.to_grid(np.asarray(scored), cols=4)
+    assert np.abs(grid.astype(int) - expected).max() <= 1  # uint8 rounding of ~1e-6 noise
+    assert np.mean(grid != expected) < 0.01
+
+
+def test_several_steps_per_call_are_bit_identical_to_single_steps(init_state, run_dis):
+    """`steps_per_call` 4: one call of 4 iterations equals 4 calls of 1 iteration of the
+    same executable bit for bit (the run_dis setting, whose D-only countdown and skipped
+    G steps all happen inside the loop), and both stay within float32 round-off of the
+    plain step (XLA compiles the body of the loop with other fusions)."""
+    cfg = run_dis[3]
+    mesh = parallel.create_mesh()
+    stacked = jax.device_put(jax.tree.map(lambda x: np.stack([np.asarray(x)] * 4), _batch()),
+                             parallel.stacked_batch_sharding(mesh))
+    four = train_step.make_train_step(_gan(cfg), cfg, mesh, steps_per_epoch=STEPS_PER_EPOCH,
+                                      steps_per_call=4, skip_with_cond=True)
+    place = lambda: jax.device_put(init_state, parallel.replicated_sharding(mesh))
+    fn = _compile(four, place(), stacked, RNG, jnp.int32(4))
+    at_once, metrics = fn(place(), stacked, RNG, jnp.int32(4))
+    one_by_one, ones = place(), []
+    for _ in range(4):
+        one_by_one, m = fn(one_by_one, stacked, RNG, jnp.int32(1))
+        ones.append(jax.device_get(m))
+    for got, want in zip(jax.tree.leaves(jax.device_get(at_once)),
+                         jax.tree.leaves(jax.device_get(one_by_one))):
+        np.testing.assert_array_equal(got, want)
+    metrics = jax.device_get(metrics)
+    for name, values in metrics.items():
+        np.testing.assert_array_equal(values, [m[name][0] for m in ones], err_msg=name)
+        assert all(m[name][1:].tolist() == [0, 0, 0] for m in ones)  # count 1: one slot
+    plain = run_dis[0][4]
+    for got, want in zip(jax.tree.leaves(jax.device_get(at_once)), jax.tree.leaves(plain)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(metrics["g_updated"], [m["g_updated"] for m in run_dis[1][:4]])

@@ -1,4 +1,6 @@
 """Sample grids (class per column) and slerp, against hand-computed values."""
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,7 +29,8 @@ def test_class_grid_gives_each_class_a_column():
         assert z.shape == (6, 8)
         return jnp.broadcast_to((labels[:, None, None, None] / 4.0) - 1.0, (len(labels), 2, 2, 1))
 
-    grid = visualize.class_grid(apply_fn, jax.random.key(0), 3, 2, 10, z_dim=8)
+    gan = types.SimpleNamespace(num_classes=3, noise=lambda key, i: (jnp.zeros((len(i), 8)), None))
+    grid = visualize.class_grid(apply_fn, gan, jax.random.key(0), 2, 10)
     assert grid.shape == (2 * 3 + 1, 3 * 3 + 1, 1)
     for row in (1, 4):
         np.testing.assert_array_equal(grid[row, [1, 4, 7], 0], [0, 32, 64])  # classes 0, 1, 2

@@ -7,7 +7,7 @@ pytorch-fid and torch-fidelity use, from pytorch-fid's GitHub release:
     python -m sagan_jax.evaluation.convert --src=pt_inception-2015-12-05-6726825d.pth
 
 The output goes to `~/.cache/sagan_jax/inception-2015-12-05.npz` unless `--dst` says
-otherwise. Conversion needs PyTorch (`pip install torch`); using the converted file does
+otherwise; either path may be in a bucket (`gs://...`). Conversion needs PyTorch (`pip install torch`); using the converted file does
 not. The source's SHA-256 must equal `EXPECTED_SHA256`: the first 8 hex digits are the
 `6726825d` in the file name (torch.hub's convention) and the full digest is the one that
 independent projects pin for this URL (it is also the digest of torch-fidelity's
@@ -20,11 +20,12 @@ Key mapping: `A.B.conv.weight` (OIHW) -> `params/A/B/conv/kernel` (HWIO);
 from __future__ import annotations
 
 import hashlib
-import os
+import io
 import sys
 
 import numpy as np
 from absl import app, flags, logging
+from etils import epath
 from flax import traverse_util
 
 from sagan_jax.evaluation import inception
@@ -33,20 +34,21 @@ EXPECTED_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb912
 EXPECTED_BYTES = 95_628_359
 
 
-def sha256_of(path: str) -> str:
+def sha256_of(path: epath.PathLike) -> str:
     """Hex SHA-256 of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with epath.Path(path).open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
 
 
-def check_source(path: str) -> str:
+def check_source(path: epath.PathLike) -> str:
     """Return the file's SHA-256 if it is pytorch-fid's weight file; else one clear error."""
-    if not os.path.exists(path):
+    path = epath.Path(path)
+    if not path.exists():
         raise FileNotFoundError(f"{path} does not exist; download {inception.WEIGHTS_URL}.")
-    size = os.path.getsize(path)
+    size = path.stat().length
     digest = sha256_of(path)
     if digest != EXPECTED_SHA256:
         hint = "truncated download" if size < EXPECTED_BYTES else "a different file"
@@ -102,7 +104,7 @@ def state_dict_to_flat(state_dict: dict[str, np.ndarray]) -> dict[str, np.ndarra
     return flat
 
 
-def convert(src: str, dst: str, check_hash: bool = True) -> str:
+def convert(src: epath.PathLike, dst: epath.PathLike, check_hash: bool = True) -> epath.Path:
     """Convert the .pth at `src` to our .npz at `dst`; returns the expanded `dst`.
 
     Args:
@@ -116,13 +118,17 @@ def convert(src: str, dst: str, check_hash: bool = True) -> str:
         import torch  # pylint: disable=import-outside-toplevel
     except ImportError:
         raise ImportError("converting the weights needs PyTorch: pip install torch") from None
-    state_dict = torch.load(src, map_location="cpu", weights_only=True)
+    with epath.Path(src).open("rb") as f:
+        state_dict = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
     flat = state_dict_to_flat({k: v.numpy() for k, v in state_dict.items()})
-    dst = os.path.expanduser(dst)
-    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
-    tmp = dst + ".tmp.npz"
-    np.savez(tmp, source_sha256=np.asarray(digest), **flat)
-    os.replace(tmp, dst)
+    dst = epath.Path(dst).expanduser()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    # Written whole under another name, then renamed: a reader never sees half a file.
+    tmp = dst.parent / (dst.name + ".tmp.npz")
+    buffer = io.BytesIO()
+    np.savez(buffer, source_sha256=np.asarray(digest), **flat)
+    tmp.write_bytes(buffer.getvalue())
+    tmp.replace(dst)
     return dst
 
 

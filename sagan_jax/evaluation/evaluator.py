@@ -28,7 +28,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 
-from sagan_jax import parallel
+from sagan_jax import monitors, parallel
 from sagan_jax.evaluation import digits_net, inception, reference, scores
 
 _PRECISIONS = {"highest": jax.lax.Precision.HIGHEST, "default": jax.lax.Precision.DEFAULT}
@@ -59,7 +59,7 @@ def _rebatch(arrays: Iterable[np.ndarray], batch_size: int) -> Iterator[tuple[np
         yield np.concatenate([merged, pad]), held
 
 
-def _feature_network(eval_cfg, precision: str):
+def _feature_network(eval_cfg):
     """(name, extract(variables, images) -> (features, logits), variables) of the config.
 
     Raises FileNotFoundError (with instructions) when the Inception weights are missing.
@@ -68,7 +68,10 @@ def _feature_network(eval_cfg, precision: str):
     if name == "inception":
         path = os.path.expanduser(eval_cfg.inception_weights or inception.DEFAULT_WEIGHTS)
         variables = inception.load_variables(path)
-        extract = functools.partial(inception.extract, precision=_PRECISIONS[precision])
+        if eval_cfg.precision not in _PRECISIONS:
+            raise ValueError(f"unknown eval.precision {eval_cfg.precision!r}; set it to one of "
+                             f"{sorted(_PRECISIONS)}.")
+        extract = functools.partial(inception.extract, precision=_PRECISIONS[eval_cfg.precision])
         return name, extract, variables
     if name == "digits":
         return name, digits_net.extract, digits_net.load_variables()
@@ -78,26 +81,25 @@ def _feature_network(eval_cfg, precision: str):
 class Evaluator:
     """Scores generators against cached reference statistics of the real images."""
 
-    def __init__(self, feature_net: str, extract: Callable, variables, mesh, batch_size: int,
-                 splits: int, kid_subsets: int = 100, kid_subset_size: int = 1000):
+    def __init__(self, feature_net: str, extract: Callable, variables, mesh, eval_cfg):
         """Prefer `create`, which also loads or computes the reference statistics.
 
         Args:
           feature_net: 'inception' or 'digits' (for logs).
           extract: per-replica `(variables, images) -> (features, logits)`.
           variables: the feature network's variables.
-          mesh: 1-D data mesh; `batch_size` must divide over it.
-          batch_size: global eval batch size (images per generate call).
-          splits: IS splits.
-          kid_subsets, kid_subset_size: KID subsets and their size.
+          mesh: 1-D data mesh; `eval_cfg.batch_size` must divide over it.
+          eval_cfg: the config's `eval` section (batch_size: images per generate call;
+            splits: IS splits; kid_subsets, kid_subset_size, kid_seed: KID's subsets).
         """
-        parallel.check_divisible(batch_size, mesh)
+        parallel.check_divisible(eval_cfg.batch_size, mesh)
         self.feature_net = feature_net
         self.mesh = mesh
-        self.batch_size = batch_size
-        self.splits = splits
-        self.kid_subsets = kid_subsets
-        self.kid_subset_size = kid_subset_size
+        self.batch_size = eval_cfg.batch_size
+        self.splits = eval_cfg.splits
+        self.kid_subsets = eval_cfg.kid_subsets
+        self.kid_subset_size = eval_cfg.kid_subset_size
+        self.kid_seed = eval_cfg.kid_seed
         self.reference: reference.ReferenceStats | None = None
         self._sqrt_sigma_ref: np.ndarray | None = None
         self._variables = jax.device_put(variables, parallel.replicated_sharding(mesh))
@@ -109,34 +111,32 @@ class Evaluator:
 
     @classmethod
     def create(cls, eval_cfg, data_cfg, mesh, real_batches: Callable[[], Iterable[dict]], *,
-               required: bool = False, precision: str = "highest", kid_subsets: int = 100,
-               kid_subset_size: int = 1000) -> "Evaluator | None":
+               required: bool = False) -> "Evaluator | None":
         """An evaluator with reference statistics (loaded from the cache or computed).
 
         Args:
           eval_cfg: the config's `eval` section (batch_size, splits, feature_net,
-            inception_weights, stats_dir).
+            inception_weights, stats_dir, precision: 'highest' (float32 convolutions, as
+            the TF graph) or 'default' (lets XLA use TF32/bf16 passes on GPU/TPU: faster,
+            not comparable), KID's subsets).
           data_cfg: the config's `data` section (names the reference statistics).
           mesh: 1-D data mesh.
           real_batches: returns one pass over the real images, dicts with 'image'
-            float32 (b, H, W, C) in [-1, 1]; called only when the cache is missing.
+            float32 (b, H, W, C) in [-1, 1] and int 'label' (b,); called only when the
+            cache is missing.
           required: raise (instead of warning and returning None) without weights.
-          precision: 'highest' (float32 convolutions, as the TF graph) or 'default'
-            (lets XLA use TF32/bf16 passes on GPU/TPU: faster, not comparable).
-          kid_subsets, kid_subset_size: KID subsets (torch-fidelity: 100 of 1000).
 
         Returns:
           The evaluator, or None when the Inception weights are missing and not required.
         """
         try:
-            name, extract, variables = _feature_network(eval_cfg, precision)
+            name, extract, variables = _feature_network(eval_cfg)
         except FileNotFoundError as e:
             if required:
                 raise
             logging.warning("%s Training goes on without IS/FID/KID.", e)
             return None
-        ev = cls(name, extract, variables, mesh, eval_cfg.batch_size, eval_cfg.splits,
-                 kid_subsets, kid_subset_size)
+        ev = cls(name, extract, variables, mesh, eval_cfg)
         path = reference.cache_path(eval_cfg.stats_dir, name, data_cfg)
         if os.path.exists(path):
             stats = reference.ReferenceStats.load(path)
@@ -145,8 +145,16 @@ class Evaluator:
                 raise ValueError(f"reference statistics {path} are missing; compute them "
                                  f"once in a single-process run, then copy the file there.")
             logging.info("Computing %s reference statistics -> %s", name, path)
-            images = (batch["image"] for batch in real_batches())
-            stats = reference.ReferenceStats.from_features(ev.features(images)[0])
+            labels = []
+
+            def images():
+                for batch in real_batches():
+                    labels.append(np.asarray(batch["label"]))
+                    yield batch["image"]
+
+            features = ev.features(images())[0]
+            stats = reference.ReferenceStats.from_features(features, np.concatenate(labels),
+                                                           seed=eval_cfg.kid_seed)
             stats.save(path)
         ev.set_reference(stats)
         logging.info("Reference statistics: %d real images (%s)", stats.num_examples, path)
@@ -206,24 +214,57 @@ class Evaluator:
           key: PRNG key; the same key gives the same labels and generator keys.
 
         Returns:
-          {'IS', 'IS_std', 'FID', 'KID'} as Python floats.
+          {'IS', 'IS_std', 'FID', 'KID'} and the class-wise collapse check's
+          'diversity_ratio/<class>' per class (the generated images' class diversity over
+          the real images', see `sagan_jax.monitors`; one 'diversity_ratio/all' for an
+          unconditional G) and their minimum 'diversity_ratio_min', as Python floats.
         """
-        return self.score(*self.generated_features(generate, num_classes, num_samples, key))
+        features, logits, labels = self.generated_features(generate, num_classes, num_samples,
+                                                           key)
+        return {**self.score(features, logits),
+                **self.diversity_ratios(features, labels, num_classes)}
 
     def generated_features(self, generate: Callable, num_classes: int, num_samples: int,
-                           key: jax.Array) -> tuple[np.ndarray, np.ndarray]:
-        """(features, logits) on the host of `num_samples` generated images (see `evaluate`)."""
+                           key: jax.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(features, logits, labels) on the host of `num_samples` generated images (see
+        `evaluate`)."""
         gen_key, label_key = jax.random.split(key)
         num_batches = -(-num_samples // self.batch_size)
+
+        all_labels = []
 
         def batches():
             for i in range(num_batches):
                 start = i * self.batch_size
                 labels = self._labels(label_key, start, self.batch_size, num_classes)
                 n = min(self.batch_size, num_samples - start)
+                all_labels.append(_to_host(labels)[:n])
                 yield generate(jax.random.fold_in(gen_key, i), labels), n
 
-        return self._run(batches())
+        features, logits = self._run(batches())
+        return features, logits, np.concatenate(all_labels)
+
+    def diversity_ratios(self, features: np.ndarray, labels: np.ndarray,
+                         num_classes: int) -> dict[str, float]:
+        """Each class's generated diversity over its real diversity (see `evaluate`).
+
+        Raises:
+          ValueError: a conditional G with more classes than the reference images have.
+        """
+        seed, ref = self.kid_seed, self.reference
+        if not num_classes:
+            ratio = reference.class_diversity(features, labels, 0, seed)[0] / ref.diversity
+            return {"diversity_ratio/all": float(ratio), "diversity_ratio_min": float(ratio)}
+        if num_classes > len(ref.class_diversity):
+            raise ValueError(f"the generator has {num_classes} classes, the reference "
+                             f"statistics {len(ref.class_diversity)}; delete the stale "
+                             f"statistics in eval.stats_dir.")
+        ratios, _ = monitors.collapse_check(
+            reference.class_diversity(features, labels, num_classes, seed),
+            ref.class_diversity[:num_classes])
+        width = len(str(num_classes - 1))
+        out = {f"diversity_ratio/{c:0{width}d}": float(r) for c, r in enumerate(ratios)}
+        return {**out, "diversity_ratio_min": float(np.nanmin(ratios))}
 
     def score(self, features: np.ndarray, logits: np.ndarray) -> dict[str, float]:
         """IS of `logits`, FID and KID of `features` against the reference statistics."""
@@ -231,6 +272,6 @@ class Evaluator:
         mu, sigma = scores.gaussian_stats(features)
         ref = self.reference
         fid = scores.frechet_distance(mu, sigma, ref.mu, ref.sigma, self._sqrt_sigma_ref)
-        kid, _ = scores.kernel_inception_distance(features, ref.kid_features,
-                                                  self.kid_subsets, self.kid_subset_size)
+        kid, _ = scores.kernel_inception_distance(features, ref.kid_features, self.kid_subsets,
+                                                  self.kid_subset_size, self.kid_seed)
         return {"IS": is_mean, "IS_std": is_std, "FID": fid, "KID": kid}

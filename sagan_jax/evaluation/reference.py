@@ -1,24 +1,59 @@
 """Reference statistics of a dataset's real images, computed once and cached.
 
 FID needs the mean and covariance of the real images' features, KID a sample of those
-features. Both depend on the dataset, the resolution it is read at and the feature
+features, and the class-wise collapse check (`sagan_jax.monitors`) each class's
+diversity. All depend on the dataset, the resolution it is read at and the feature
 network, so the cache file name says all of that; the folder is `eval.stats_dir`
-(default `~/.cache/sagan_jax`). Delete a file to recompute it.
+(default `~/.cache/sagan_jax`; a bucket, gs://..., for the hosts of a TPU slice).
+Delete a file to recompute it.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import os
 
 import numpy as np
+from etils import epath
 
+from sagan_jax import monitors
 from sagan_jax.evaluation import scores
 
 DEFAULT_STATS_DIR = os.path.join("~", ".cache", "sagan_jax")
 # KID draws its subsets from at most this many real features (a fixed random sample),
 # which keeps the cache small (80 MB for Inception); the estimator stays unbiased.
 KID_POOL_SIZE = 10_000
+# Class diversity (a mean over pairs) is estimated from at most this many samples per
+# class, real or generated: unbiased, and O(n^2) stays cheap for 2048-d features.
+DIVERSITY_SAMPLES = 1000
+# Part of the cache file's name: bump it when the file's contents change.
+FORMAT = "v2"
+
+
+def per_class_sample(labels: np.ndarray, num_classes: int, seed: int) -> np.ndarray:
+    """Indices of at most `DIVERSITY_SAMPLES` rows per class, a fixed random choice, sorted."""
+    rng = np.random.RandomState(seed)
+    keep = []
+    for c in range(num_classes):
+        rows = np.flatnonzero(labels == c)
+        if len(rows) > DIVERSITY_SAMPLES:
+            rows = np.sort(rng.choice(rows, DIVERSITY_SAMPLES, replace=False))
+        keep.append(rows)
+    return np.sort(np.concatenate(keep)) if keep else np.zeros(0, np.int64)
+
+
+def class_diversity(features: np.ndarray, labels: np.ndarray, num_classes: int,
+                    seed: int) -> np.ndarray:
+    """`monitors.class_diversity` of (at most `DIVERSITY_SAMPLES` per class of) the rows.
+
+    `num_classes` 0 (an unconditional model) measures all rows as one class.
+    """
+    if not num_classes:
+        labels, num_classes = np.zeros(len(features), np.int64), 1
+    keep = per_class_sample(np.asarray(labels), num_classes, seed)
+    return monitors.class_diversity(np.asarray(features)[keep], np.asarray(labels)[keep],
+                                    num_classes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,49 +65,63 @@ class ReferenceStats:
       sigma: (D, D) float64 covariance (ddof=1).
       kid_features: (min(N, KID_POOL_SIZE), D) float32 real features for KID.
       num_examples: N, the number of real images.
+      diversity: float64 mean pairwise feature distance of all the real images.
+      class_diversity: float64 (C,) the same within each of the C classes of the labels.
     """
 
     mu: np.ndarray
     sigma: np.ndarray
     kid_features: np.ndarray
     num_examples: int
+    diversity: float
+    class_diversity: np.ndarray
 
     @classmethod
-    def from_features(cls, features: np.ndarray, seed: int = 0) -> "ReferenceStats":
-        """Statistics of (N, D) real features."""
+    def from_features(cls, features: np.ndarray, labels: np.ndarray,
+                      seed: int) -> "ReferenceStats":
+        """Statistics of (N, D) real features and their (N,) int labels (all 0 when
+        unlabelled); `seed` picks the KID pool and the diversity samples."""
         mu, sigma = scores.gaussian_stats(features)
         n = len(features)
         pool = np.sort(np.random.RandomState(seed).permutation(n)[:KID_POOL_SIZE])
-        return cls(mu, sigma, np.asarray(features[pool], np.float32), n)
+        labels = np.asarray(labels)
+        return cls(mu, sigma, np.asarray(features[pool], np.float32), n,
+                   float(class_diversity(features, labels, 0, seed)[0]),
+                   class_diversity(features, labels, int(labels.max()) + 1, seed))
 
-    def save(self, path: str) -> None:
+    def save(self, path: epath.PathLike) -> None:
         """Write to `path` atomically (a partial file never looks like a cache hit)."""
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp.npz"
-        np.savez(tmp, mu=self.mu, sigma=self.sigma, kid_features=self.kid_features,
-                 num_examples=np.int64(self.num_examples))
-        os.replace(tmp, path)
+        path = epath.Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        np.savez(buffer, mu=self.mu, sigma=self.sigma, kid_features=self.kid_features,
+                 num_examples=np.int64(self.num_examples), diversity=np.float64(self.diversity),
+                 class_diversity=self.class_diversity)
+        tmp = path.parent / f"{path.name}.{os.getpid()}.tmp.npz"
+        tmp.write_bytes(buffer.getvalue())
+        tmp.replace(path)
 
     @classmethod
-    def load(cls, path: str) -> "ReferenceStats":
+    def load(cls, path: epath.PathLike) -> "ReferenceStats":
         """Read a file written by `save`."""
-        with np.load(path) as f:
-            return cls(f["mu"], f["sigma"], f["kid_features"], int(f["num_examples"]))
+        with np.load(io.BytesIO(epath.Path(path).read_bytes())) as f:
+            return cls(f["mu"], f["sigma"], f["kid_features"], int(f["num_examples"]),
+                       float(f["diversity"]), f["class_diversity"])
 
 
-def cache_path(stats_dir: str, feature_net: str, data_cfg) -> str:
+def cache_path(stats_dir: str, feature_net: str, data_cfg) -> epath.Path:
     """Cache file for the real images that `data_cfg` describes, seen by `feature_net`.
 
     Args:
-      stats_dir: folder ('' = `DEFAULT_STATS_DIR`).
+      stats_dir: folder ('' = `DEFAULT_STATS_DIR`), local or gs://.
       feature_net: 'inception' or 'digits'.
-      data_cfg: the config's `data` section (name, image_size, channels, and where they
-        apply path, variant, resize).
+      data_cfg: the config's `data` section (name, image_size, channels, variant, resize,
+        center_crop, and for folder datasets path).
     """
-    get = lambda k: data_cfg.get(k, "") or ""
-    parts = [feature_net, get("name"), f"{get('image_size')}px", f"{get('channels')}ch"]
-    parts += [str(get(k)) for k in ("variant", "resize") if get(k)]
-    if get("path"):  # folder datasets: the folder is part of the identity
-        parts.append(hashlib.sha256(os.path.abspath(get("path")).encode()).hexdigest()[:10])
-    folder = os.path.expanduser(stats_dir or DEFAULT_STATS_DIR)
-    return os.path.join(folder, "_".join(parts) + ".npz")
+    parts = [FORMAT, feature_net, data_cfg.name, f"{data_cfg.image_size}px", f"{data_cfg.channels}ch",
+             data_cfg.variant, data_cfg.resize]
+    if not data_cfg.center_crop:
+        parts.append("stretched")
+    if data_cfg.path:  # folder datasets: the folder is part of the identity
+        parts.append(hashlib.sha256(os.path.abspath(data_cfg.path).encode()).hexdigest()[:10])
+    return epath.Path(stats_dir or DEFAULT_STATS_DIR).expanduser() / ("_".join(parts) + ".npz")

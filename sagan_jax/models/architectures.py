@@ -1,6 +1,6 @@
 """Per-resolution architecture tables (BigGAN-PyTorch style: architecture as data).
 
-The 32, 48 and 96 px tables are those of the original system (shared/SEED.md); 128 px
+The 32, 48 and 96 px tables are those of the original system (docs/original.md); 128 px
 is the ImageNet-128 setting of the SAGAN paper (BigGAN-style channel multipliers of 64,
 attention at 32x32 in G and D); 16 px is a small table of our own for the offline
 digits quick start. Channel counts are at width 1.0.

@@ -1,23 +1,61 @@
-"""Layers of the SNGAN-ResNet + self-attention networks (see shared/SEED.md).
+"""Layers of the SNGAN-ResNet + self-attention networks (see docs/original.md).
 
-Every layer takes `train` at call time: in training the SN power iteration advances
-and BatchNorm uses (and records) batch statistics, as in the original PyTorch code.
-Parameters are float32; `dtype` is the compute dtype (bfloat16 for mixed precision).
+Every layer takes `train` at call time: in training BatchNorm uses (and records) batch
+statistics, as in the original PyTorch code, and the standard SN's power iteration
+advances (the original's SN never does, see `spectral_norm`). Parameters are float32;
+`dtype` is the compute dtype (bfloat16 for mixed precision).
+
+Initialisation (`param_init`; `model.init` in the config):
+- 'xavier' (ours): Xavier-uniform kernels and embeddings, zero biases.
+- 'original': what the original code ended up with. Its Xavier initialiser never
+  reached the SN'd layers, so conv and dense kernels keep PyTorch's default for
+  `Conv2d` / `Linear`, kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in)) with fan_in =
+  in * kh * kw, and their biases are zero; the layers without SN keep PyTorch's whole
+  default, bias U(+-1/sqrt(fan_in)) included. The projection embedding is read as an
+  SN'd `nn.Embedding` (docs/original.md calls it an embedding, unlike the conditional
+  BN's "linear maps"), whose default is N(0, 1).
+The conditional BN embeddings have their own switch (`cbn_init`): 'zeros' (plain BN at
+the start) or 'xavier' (the original's, so gamma = 1 + E_g(y) != 1 at the start).
 """
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sagan_jax.models.spectral_norm import normalized_param
+from sagan_jax.models.spectral_norm import SNSettings, normalized_param
 
 Dtype = Any
-# Xavier-uniform weights and zero biases, as in the original.
-weight_init = nn.initializers.xavier_uniform()
+INITS = ("xavier", "original")
+CBN_INITS = ("zeros", "xavier")
+_KERNEL_INITS = {
+    "xavier": nn.initializers.xavier_uniform(),
+    # PyTorch's kaiming_uniform(a=sqrt(5)): bound sqrt(3 * (1/3) / fan_in) = 1/sqrt(fan_in).
+    "original": nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
+}
+_EMBEDDING_INITS = {
+    "xavier": nn.initializers.xavier_uniform(),
+    "original": nn.initializers.normal(1.0),  # nn.Embedding's default N(0, 1)
+    "zeros": nn.initializers.zeros,
+}
+
+
+def _choose(table: dict, name: str, field: str) -> Any:
+    if name not in table:
+        raise ValueError(f"unknown model.{field} {name!r}; set it to one of {tuple(table)}.")
+    return table[name]
+
+
+def _bias_init(init: str, sn: bool, fan_in: int) -> Callable[..., jax.Array]:
+    """Zero, except PyTorch's default U(+-1/sqrt(fan_in)) for 'original' layers without SN."""
+    _choose(_KERNEL_INITS, init, "init")
+    if init == "original" and not sn:
+        bound = fan_in ** -0.5
+        return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+    return nn.initializers.zeros
 
 
 class SNDense(nn.Module):
@@ -26,96 +64,169 @@ class SNDense(nn.Module):
     features: int
     use_bias: bool = True
     sn: bool = True
-    sn_iters: int = 1
-    sn_eps: float = 1e-12
+    sn_settings: SNSettings = SNSettings()
+    param_init: str = "xavier"
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        fan_in = x.shape[-1]
         kernel = normalized_param(
-            self, "kernel", (x.shape[-1], self.features), weight_init,
-            enabled=self.sn, update=train, n_iters=self.sn_iters, eps=self.sn_eps,
+            self, "kernel", (fan_in, self.features), _choose(_KERNEL_INITS, self.param_init, "init"),
+            enabled=self.sn, update=train, settings=self.sn_settings,
         )
         y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
         if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype)
+            bias = self.param("bias", _bias_init(self.param_init, self.sn, fan_in), (self.features,))
+            y = y + bias.astype(self.dtype)
         return y
 
 
 class SNConv(nn.Module):
-    """Stride-1 'SAME' convolution (NHWC) with optional spectral normalization."""
+    """Stride-1 'SAME' convolution (NHWC) with optional spectral normalization.
+
+    `upsample`: the input is first enlarged 2x by repeating each pixel (nearest
+    neighbour), as in G's up-blocks; the result is that of the convolution of the
+    enlarged input, computed at the input's resolution (see `_conv3_of_upsampled`; a
+    1x1 conv is applied before the repetition, which gives the same values bit for bit).
+    1x1 convolutions are matrix products (`einsum`): the same values up to round-off,
+    and XLA:CPU ran them, gradients included, about twice as fast as convolutions
+    (benchmarks/RESULTS.md).
+    """
 
     features: int
     kernel_size: int = 3
     use_bias: bool = True
     sn: bool = True
-    sn_iters: int = 1
-    sn_eps: float = 1e-12
+    sn_settings: SNSettings = SNSettings()
+    param_init: str = "xavier"
     dtype: Dtype = jnp.float32
+    upsample: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         k = self.kernel_size
+        if self.upsample and k not in (1, 3):
+            raise ValueError(f"SNConv(upsample=True) has kernel_size {k}; only 1 and 3 are implemented.")
         kernel = normalized_param(
-            self, "kernel", (k, k, x.shape[-1], self.features), weight_init,
-            enabled=self.sn, update=train, n_iters=self.sn_iters, eps=self.sn_eps,
+            self, "kernel", (k, k, x.shape[-1], self.features),
+            _choose(_KERNEL_INITS, self.param_init, "init"),
+            enabled=self.sn, update=train, settings=self.sn_settings,
         )
-        y = jax.lax.conv_general_dilated(
-            x.astype(self.dtype), kernel.astype(self.dtype), (1, 1), "SAME",
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
+        x = x.astype(self.dtype)
+        if k == 1:
+            y = jnp.einsum("bhwc,cd->bhwd", x, kernel[0, 0].astype(self.dtype))
+        elif self.upsample:
+            y = _conv3_of_upsampled(x, kernel, self.dtype)
+        else:
+            y = _conv(x, kernel.astype(self.dtype), "SAME")
         if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype)
+            fan_in = k * k * x.shape[-1]
+            bias = self.param("bias", _bias_init(self.param_init, self.sn, fan_in), (self.features,))
+            y = y + bias.astype(self.dtype)
+        if self.upsample and k == 1:
+            # Each output pixel is the same dot product either way, so repeating after
+            # the conv and bias gives identical values at a quarter of the work.
+            y = _upsample2(y)
         return y
 
 
+def _conv(x: jax.Array, kernel: jax.Array, padding: Any) -> jax.Array:
+    return jax.lax.conv_general_dilated(
+        x, kernel, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _conv3_of_upsampled(x: jax.Array, kernel: jax.Array, dtype: Dtype) -> jax.Array:
+    """`conv3x3(_upsample2(x))` ('SAME') as four 2x2 convolutions of `x` ("sub-pixel").
+
+    Output row 2i + a of the 3x3 conv of the enlarged input reads enlarged rows 2i + a - 1,
+    2i + a, 2i + a + 1, i.e. input rows (i - 1, i, i) for a = 0 and (i, i, i + 1) for
+    a = 1; the kernel rows that meet the same input row are summed: (w0, w1 + w2) on
+    rows (i - 1, i) and (w0 + w1, w2) on rows (i, i + 1), with zero padding where the
+    enlarged input's padding was. Columns likewise. The four output phases (a, b) are
+    2x2 convs of `x` at its resolution, interleaved: 16 instead of 36 multiply-adds per
+    input pixel and channel pair, and no enlarged input to read or (in the backward
+    pass) to sum back. The values equal the direct form up to round-off.
+
+    Args:
+      x: NHWC input in the compute dtype.
+      kernel: float32 (3, 3, in, out); the taps are summed in float32 and rounded to
+        `dtype` once.
+      dtype: the compute dtype.
+
+    Returns:
+      NHWC, twice the height and width of `x`.
+    """
+    def fold(w, axis):  # (3 taps) -> the 2-tap kernels of phases 0 and 1 along `axis`
+        t = [jnp.take(w, i, axis=axis) for i in range(3)]
+        return jnp.stack([t[0], t[1] + t[2]], axis), jnp.stack([t[0] + t[1], t[2]], axis)
+
+    rows = fold(kernel, 0)
+    phases = [[_conv(x, cols.astype(dtype), ((1 - a, a), (1 - b, b)))
+               for b, cols in enumerate(fold(rows[a], 1))] for a in range(2)]
+    y = jnp.stack([jnp.stack(row, 3) for row in phases], 2)  # (n, h, a, w, b, c)
+    n, h, _, w, _, c = y.shape
+    return y.reshape(n, 2 * h, 2 * w, c)
+
+
 class SNEmbed(nn.Module):
-    """Class embedding (bias-free linear map of the one-hot label), optionally SN'd."""
+    """Class embedding (bias-free linear map of the one-hot label), optionally SN'd.
+
+    Spectral norm sees the (num, features) table as PyTorch's SN'd `nn.Embedding` does:
+    `u` runs over the classes. `param_init`: 'xavier', 'original' (N(0, 1)) or 'zeros'.
+    `labels` are int class indices (n,), or float class weights (n, num_embeddings),
+    which give the same weighted mix of rows as the linear map of a mixed one-hot label
+    (class interpolations).
+    """
 
     num_embeddings: int
     features: int
     sn: bool = True
-    sn_iters: int = 1
-    sn_eps: float = 1e-12
-    embedding_init: Any = weight_init
+    sn_settings: SNSettings = SNSettings()
+    param_init: str = "xavier"
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, labels: jax.Array, train: bool = False) -> jax.Array:
         table = normalized_param(
-            self, "embedding", (self.num_embeddings, self.features), self.embedding_init,
-            enabled=self.sn, update=train, n_iters=self.sn_iters, eps=self.sn_eps,
+            self, "embedding", (self.num_embeddings, self.features),
+            _choose(_EMBEDDING_INITS, self.param_init, "init"),
+            enabled=self.sn, update=train, settings=self.sn_settings, out_axis=0,
         )
+        if jnp.issubdtype(labels.dtype, jnp.floating):
+            return jnp.dot(labels, table, precision=jax.lax.Precision.HIGHEST).astype(self.dtype)
         return jnp.take(table, labels, axis=0).astype(self.dtype)
 
 
 class ConditionalBatchNorm(nn.Module):
     """BatchNorm, class-conditional when `num_classes` > 0.
 
-    Conditional: BN without affine, then `gamma = 1 + E_g(y)`, `beta = E_b(y)` with
-    bias-free embeddings initialised at zero (plain BN at the start of training).
-    Unconditional: BN with its own affine. eps 1e-4 and PyTorch momentum 0.1 as in the
-    original (Flax's `momentum` is the running average's decay, hence 0.9).
-    `axis_name` syncs batch statistics across replicas.
+    Conditional (the original's): BN without affine, eps 1e-4, then `gamma = 1 +
+    E_g(y)`, `beta = E_b(y)` with bias-free embeddings initialised by `cbn_init`
+    ('zeros': plain BN at the start; 'xavier': Xavier-uniform, the original's).
+    Unconditional: BN with its own affine and PyTorch's default eps 1e-5, as the
+    original's unconditional runs. Momentum is PyTorch's 0.1 in both (Flax's `momentum`
+    is the running average's decay, hence 0.9). `axis_name` syncs batch statistics
+    across replicas.
     """
 
     num_classes: int = 0
     axis_name: Optional[str] = None
     dtype: Dtype = jnp.float32
+    cbn_init: str = "zeros"
 
     @nn.compact
     def __call__(self, x: jax.Array, labels: Optional[jax.Array], train: bool = False) -> jax.Array:
         conditional = self.num_classes > 0
         x = nn.BatchNorm(
-            use_running_average=not train, momentum=0.9, epsilon=1e-4,
+            use_running_average=not train, momentum=0.9, epsilon=1e-4 if conditional else 1e-5,
             use_bias=not conditional, use_scale=not conditional,
             axis_name=self.axis_name if train else None, dtype=jnp.float32, name="bn",
         )(x.astype(jnp.float32))
         if conditional:
-            c = x.shape[-1]
-            embed = functools.partial(
-                SNEmbed, self.num_classes, c, sn=False, embedding_init=nn.initializers.zeros
-            )
+            if self.cbn_init not in CBN_INITS:
+                raise ValueError(f"unknown model.cbn_init {self.cbn_init!r}; set it to one of {CBN_INITS}.")
+            embed = functools.partial(SNEmbed, self.num_classes, x.shape[-1], sn=False, param_init=self.cbn_init)
             gamma = 1.0 + embed(name="gamma")(labels)
             beta = embed(name="beta")(labels)
             x = x * gamma[:, None, None, :] + beta[:, None, None, :]
@@ -131,19 +242,19 @@ class SelfAttention(nn.Module):
 
     theta = conv1x1(C -> C/8); phi = maxpool2(conv1x1(C -> C/8)); g = maxpool2(conv1x1(
     C -> C/2)); beta = softmax over the HW/4 keys of theta . phi^T; o = conv1x1(C/2 -> C)(
-    beta . g). All four convs are SN'd and have biases (SEED.md).
+    beta . g). All four convs are SN'd and have biases (docs/original.md).
     """
 
-    sn_iters: int = 1
-    sn_eps: float = 1e-12
     sn: bool = True
+    sn_settings: SNSettings = SNSettings()
+    param_init: str = "xavier"
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         b, h, w, c = x.shape
         conv = functools.partial(
-            SNConv, kernel_size=1, sn=self.sn, sn_iters=self.sn_iters, sn_eps=self.sn_eps,
+            SNConv, kernel_size=1, sn=self.sn, sn_settings=self.sn_settings, param_init=self.param_init,
             dtype=self.dtype,
         )
         theta = conv(c // 8, name="theta")(x, train).reshape(b, h * w, c // 8)
@@ -166,35 +277,38 @@ def _avg_pool2(x: jax.Array) -> jax.Array:
 
 
 class GBlock(nn.Module):
-    """G residual block: BN-ReLU-up-conv3-BN-ReLU-conv3 + (up, conv1x1) shortcut."""
+    """G residual block: BN-ReLU-up-conv3-BN-ReLU-conv3 + (up, conv1x1) shortcut.
+
+    The upsampling is done inside the two convs that follow it (`SNConv.upsample`), at
+    the input's resolution.
+    """
 
     features: int
     upsample: bool = True
     num_classes: int = 0
     sn: bool = True
-    sn_iters: int = 1
-    sn_eps: float = 1e-12
+    sn_settings: SNSettings = SNSettings()
+    param_init: str = "xavier"
+    cbn_init: str = "zeros"
     bn_axis_name: Optional[str] = None
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, labels: Optional[jax.Array], train: bool = False) -> jax.Array:
         conv = functools.partial(
-            SNConv, self.features, sn=self.sn, sn_iters=self.sn_iters, sn_eps=self.sn_eps,
+            SNConv, self.features, sn=self.sn, sn_settings=self.sn_settings, param_init=self.param_init,
             dtype=self.dtype,
         )
         bn = functools.partial(
-            ConditionalBatchNorm, self.num_classes, self.bn_axis_name, self.dtype
+            ConditionalBatchNorm, self.num_classes, self.bn_axis_name, self.dtype, self.cbn_init
         )
         h = nn.relu(bn(name="bn1")(x, labels, train))
-        if self.upsample:
-            h = _upsample2(h)
-        h = conv(3, name="conv1")(h, train)
+        h = conv(3, upsample=self.upsample, name="conv1")(h, train)
         h = nn.relu(bn(name="bn2")(h, labels, train))
         h = conv(3, name="conv2")(h, train)
-        shortcut = _upsample2(x) if self.upsample else x
+        shortcut = x
         if self.upsample or x.shape[-1] != self.features:
-            shortcut = conv(1, name="shortcut")(shortcut, train)
+            shortcut = conv(1, upsample=self.upsample, name="shortcut")(x, train)
         return h + shortcut
 
 
@@ -209,14 +323,14 @@ class DBlock(nn.Module):
     features: int
     downsample: bool = True
     optimized: bool = False
-    sn_iters: int = 1
-    sn_eps: float = 1e-12
+    sn_settings: SNSettings = SNSettings()
+    param_init: str = "xavier"
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         conv = functools.partial(
-            SNConv, self.features, sn_iters=self.sn_iters, sn_eps=self.sn_eps, dtype=self.dtype
+            SNConv, self.features, sn_settings=self.sn_settings, param_init=self.param_init, dtype=self.dtype
         )
         h = x if self.optimized else nn.relu(x)
         h = conv(3, name="conv1")(h, train)

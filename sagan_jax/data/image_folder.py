@@ -1,5 +1,8 @@
 """Class-per-folder image datasets (AnimeFace as extracted, or any `root/<class>/<image>` tree).
 
+Sources `animeface` and `image_folder` (the same reader; `animeface` also checks the
+class count of the full dataset).
+
 TFDS's `ImageFolder` expects an extra split level (`root/<split>/<class>/`) that the extracted
 AnimeFace Character Dataset does not have, skips unreadable layouts silently and fails on a
 corrupt file with a TensorFlow error that does not say which file. This module scans the tree
@@ -9,6 +12,7 @@ naming the file that does not decode.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pathlib
 import re
 from typing import Callable, Sequence
@@ -16,9 +20,13 @@ from typing import Callable, Sequence
 import numpy as np
 from absl import logging
 
+from sagan_jax.data import sources
+
 # What `tf.io.decode_image` reads. Other files (AnimeFace ships a `color.csv` next to the
 # faces of every character) are skipped with one warning.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+# The full AnimeFace Character Dataset (docs/original.md, "Training").
+ANIMEFACE_CLASSES = 176
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,3 +147,24 @@ def log_skipped(skipped: Sequence[str]) -> None:
         logging.warning("ignoring %d non-image files in the data folder (e.g. %s); images are "
                         "read only from class sub-folders, with extensions %s.",
                         len(skipped), skipped[0], ", ".join(IMAGE_EXTENSIONS))
+
+
+def _load(name: str, data_cfg, preprocess, process_index: int,
+          process_count: int) -> sources.Examples:
+    """This process's share of the class-per-folder tree at `data.path`."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+    listing = list_image_folder(data_cfg.path)
+    log_skipped(listing.skipped)
+    num_classes = len(listing.class_names)
+    if name == "animeface" and num_classes != ANIMEFACE_CLASSES:
+        logging.warning("animeface: %s has %d class folders; the full AnimeFace Character "
+                        "Dataset has %d (its 'thumb' folder).", data_cfg.path, num_classes,
+                        ANIMEFACE_CLASSES)
+    share = sources.process_share(len(listing.paths), process_index, process_count)
+    images = decode_images(listing.paths[share], preprocess, tf)
+    return sources.Examples(images, listing.labels[share], num_classes)
+
+
+for _name in ("animeface", "image_folder"):
+    sources.register(_name)(functools.partial(_load, _name))

@@ -1,4 +1,4 @@
-"""`python -m sagan_jax.evaluate`: every checkpoint, EMA and raw G, JSON/CSV/TensorBoard outputs.
+"""`python -m sagan_jax.score`: every checkpoint, EMA and raw G, JSON/CSV/TensorBoard outputs.
 
 Scores of a tiny digits run (digits feature net, so no Inception weights are needed) are
 compared with the evaluator called directly on the restored checkpoint's weights.
@@ -15,7 +15,8 @@ import jax
 import pytest
 from compiled_once import compile_once  # noqa: F401 -- an autouse fixture.
 
-from sagan_jax import checkpointing, evaluate, input_pipeline, parallel, train, train_step
+from sagan_jax import checkpointing, data, gan as gan_lib, parallel, score, train, train_step
+from sagan_jax import workdir as workdir_lib
 from sagan_jax.evaluation.evaluator import Evaluator
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,15 +36,16 @@ def run(tmp_path_factory):
 def direct_scores(workdir, config, step, weights):
     """The evaluator called on the checkpoint's weights without the CLI's plumbing."""
     mesh = parallel.create_mesh()
-    ds = input_pipeline.create_dataset(config.data, 4, config.train.seed, mesh)
-    like = jax.device_put(train_step.create_train_state(config, 10, 1, jax.random.key(1)),
+    ds = data.create_dataset(config.data, 4, config.train.seed, mesh)
+    gan = gan_lib.build(config, 10, 1)
+    like = jax.device_put(train_step.create_train_state(gan, config, jax.random.key(1)),
                           parallel.replicated_sharding(mesh))
     ckpts = checkpointing.Checkpoints(workdir, 3, read_only=True)
     state = ckpts.restore(step, like)
     ckpts.close()
     params, model_state = (state.ema_params, state.ema_state) if weights == "ema" else (
         state.g_params, state.g_state)
-    gen = train_step.make_generate_fn(config, 10, 1, mesh)
+    gen = train_step.make_generate_fn(gan, mesh)
     ev = Evaluator.create(config.eval, config.data, mesh,
                           real_batches=lambda: ds.eval_iterator(config.eval.batch_size))
     return ev.evaluate(lambda k, y: gen(params, model_state, k, y), 10, NUM_SAMPLES,
@@ -52,7 +54,7 @@ def direct_scores(workdir, config, step, weights):
 
 def test_scores_every_checkpoint_with_both_generators(run):
     workdir, config = run
-    rows = evaluate.evaluate_workdir(workdir, num_samples=NUM_SAMPLES)
+    rows = score.evaluate_workdir(workdir, num_samples=NUM_SAMPLES)
     assert [(r["step"], r["generator"]) for r in rows] == [
         (2, "ema"), (2, "raw"), (3, "ema"), (3, "raw")]
     by = {(r["step"], r["generator"]): r for r in rows}
@@ -61,6 +63,8 @@ def test_scores_every_checkpoint_with_both_generators(run):
         for name in ("IS", "IS_std", "FID", "KID"):
             assert by[3, weights][name] == pytest.approx(expected[name], rel=1e-6, abs=1e-9)
     assert by[3, "ema"]["FID"] != by[3, "raw"]["FID"]
+    assert {r["protocol"] for r in rows} == {
+        "64 samples, IS over 10 splits, FID/KID vs 1797 real images"}
 
     out = os.path.join(workdir, "eval")
     with open(os.path.join(out, "step_0000003.json")) as f:
@@ -72,7 +76,7 @@ def test_scores_every_checkpoint_with_both_generators(run):
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(out))
 
     # One step only: the same numbers (same key), and the CSV keeps every step once.
-    again = evaluate.evaluate_workdir(workdir, step=3, num_samples=NUM_SAMPLES,
+    again = score.evaluate_workdir(workdir, step=3, num_samples=NUM_SAMPLES,
                                       generators=("raw",))
     assert again == [by[3, "raw"]]
     with open(os.path.join(out, "scores.csv")) as f:
@@ -82,10 +86,10 @@ def test_scores_every_checkpoint_with_both_generators(run):
 def test_missing_step_and_missing_run_are_one_line(run, tmp_path):
     workdir, _ = run
     with pytest.raises(FileNotFoundError, match="no checkpoint of step 7") as e:
-        evaluate.evaluate_workdir(workdir, step=7, num_samples=NUM_SAMPLES)
+        score.evaluate_workdir(workdir, step=7, num_samples=NUM_SAMPLES)
     assert "\n" not in str(e.value)
     result = subprocess.run(
-        [sys.executable, "-m", "sagan_jax.evaluate", f"--workdir={tmp_path}"],
+        [sys.executable, "-m", "sagan_jax.score", f"--workdir={tmp_path}"],
         cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
@@ -96,10 +100,31 @@ def test_missing_inception_weights_are_one_line(run, tmp_path):
     workdir, _ = run
     copy = str(tmp_path / "run")
     shutil.copytree(workdir, copy)
-    config = checkpointing.read_config(copy)
+    config = workdir_lib.read_config(copy)
     config.eval.feature_net = "inception"
     config.eval.inception_weights = str(tmp_path / "missing.npz")
-    checkpointing.write_config(copy, config)
+    run = config.run.to_dict()
+    del config.run
+    workdir_lib.write_config(copy, config, run)
     with pytest.raises(FileNotFoundError) as e:
-        evaluate.evaluate_workdir(copy, num_samples=NUM_SAMPLES)
+        score.evaluate_workdir(copy, num_samples=NUM_SAMPLES)
     assert "\n" not in str(e.value)
+
+
+def test_scores_use_the_papers_protocol_whatever_the_run_used(run, tmp_path):
+    """A run that scored itself with 1 split (the original's protocol) is scored by the
+    CLI over 10 splits unless asked otherwise, and each row says so."""
+    workdir, _ = run
+    copy = str(tmp_path / "run")
+    shutil.copytree(workdir, copy)
+    config = workdir_lib.read_config(copy)
+    config.eval.splits = 1
+    run_facts = config.run.to_dict()
+    del config.run
+    workdir_lib.write_config(copy, config, run_facts)
+    (row,) = score.evaluate_workdir(copy, step=3, num_samples=NUM_SAMPLES, generators=("ema",))
+    assert row["splits"] == 10 and "IS over 10 splits" in row["protocol"]
+    (one,) = score.evaluate_workdir(copy, step=3, num_samples=NUM_SAMPLES, splits=1,
+                                    generators=("ema",))
+    assert one["splits"] == 1 and "IS over 1 splits" in one["protocol"]
+    assert one["FID"] == row["FID"] and one["IS"] != row["IS"]

@@ -1,9 +1,9 @@
 """Global training batches, sharded over the data mesh, from datasets held in memory.
 
-Each dataset is decoded and resized once (`data_sources`); batches are then gathered in numpy:
+Each dataset is decoded and resized once (`sources`); batches are then gathered in numpy:
 epoch `e` visits this process's examples in the order of a permutation drawn from
 `np.random.default_rng([seed, e])`, the incomplete last batch of an epoch is dropped (as in the
-original, shared/SEED.md), and the local batch becomes this process's part of a global
+original, docs/original.md), and the local batch becomes this process's part of a global
 `jax.Array` sharded on the batch axis. Batch `k` is a pure function of `(seed, k)`, so a
 resumed run (`iterator(start_step=k)`) gets the batches of an unbroken one without decoding
 the `k` before, and a background thread prepares the next batches while the device trains.
@@ -13,16 +13,16 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import jax
 import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from sagan_jax import data_sources, parallel
+from sagan_jax import parallel
+from sagan_jax.data import sources
 
-KNOWN_DATASETS = data_sources.KNOWN_DATASETS
 Batch = dict[str, np.ndarray]
 
 
@@ -68,6 +68,7 @@ class Dataset:
         self._images, self._labels = images, labels
         self._seed, self._prefetch = seed, prefetch
         self._sharding = parallel.batch_sharding(mesh)
+        self._stacked_sharding = parallel.stacked_batch_sharding(mesh)
         self._cached_permutation = (None, None)
         local_devices = sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
         self.local_batch_size = global_batch_size * local_devices // mesh.devices.size
@@ -99,19 +100,40 @@ class Dataset:
         return {k: jax.make_array_from_process_local_data(self._sharding, v)
                 for k, v in self.host_batch(step).items()}
 
-    def iterator(self, start_step: int = 0) -> Iterator[dict[str, jax.Array]]:
-        """Global batches `start_step`, `start_step + 1`, ... forever.
+    def global_batches(self, step: int, count: int, size: int) -> dict[str, jax.Array]:
+        """Global batches `step` .. `step + count - 1` stacked on a new leading axis of
+        `size` (the rest zeros), sharded on the batch axis: the input of a step that runs
+        several iterations per call."""
+        batches = [self.host_batch(s) for s in range(step, step + count)]
+        stacked = {k: np.zeros((size, *v.shape), v.dtype) for k, v in batches[0].items()}
+        for i, batch in enumerate(batches):
+            for k, v in batch.items():
+                stacked[k][i] = v
+        return {k: jax.make_array_from_process_local_data(self._stacked_sharding, v)
+                for k, v in stacked.items()}
+
+    def iterator(self, start_step: int = 0, chunks: Iterable[tuple[int, int]] | None = None,
+                 size: int = 1) -> Iterator[dict[str, jax.Array]]:
+        """Global batches `start_step`, `start_step + 1`, ... forever, or in `chunks`.
 
         Args:
           start_step: the first batch (a resumed run passes the steps already done).
+          chunks: with `size` > 1, (first step, count) pairs (as
+            `periods.Periods.chunks` plans a run), each giving `global_batches`.
+          size: the leading axis of the stacked batches; 1 = single batches.
 
         Returns:
-          An iterator of {'image': float32 (B, H, W, C) in [-1, 1], 'label': int32 (B,)},
-          sharded on the batch axis; `close()` it to stop its background thread early.
+          An iterator of {'image': float32 (B, H, W, C) in [-1, 1], 'label': int32 (B,)}
+          (with a leading (size,) axis when size > 1), sharded on the batch axis;
+          `close()` it to stop its background thread early.
         """
+        if size == 1:
+            make, items = self.global_batch, itertools.count(start_step)
+        else:
+            make, items = lambda item: self.global_batches(*item, size), iter(chunks)
         if self._prefetch <= 0:
-            return (self.global_batch(step) for step in itertools.count(start_step))
-        return _Prefetcher(self.global_batch, start_step, self._prefetch)
+            return (make(item) for item in items)
+        return _Prefetcher(make, items, self._prefetch)
 
     def eval_iterator(self, batch_size: int) -> Iterator[Batch]:
         """One pass over this process's examples, in order, in numpy; the last may be short."""
@@ -125,8 +147,7 @@ def create_dataset(data_cfg: ml_collections.ConfigDict, global_batch_size: int, 
     """Loads the dataset named by `data_cfg.name` for training on `mesh`.
 
     Args:
-      data_cfg: the config's `data` section (name, image_size, channels, path, data_dir,
-        manual_dir, variant, resize, prefetch).
+      data_cfg: the config's `data` section (see configs/common.py).
       global_batch_size: examples per step over all devices.
       seed: shuffling seed; the same seed gives the same batches.
       mesh: the data mesh (default: all devices).
@@ -139,9 +160,9 @@ def create_dataset(data_cfg: ml_collections.ConfigDict, global_batch_size: int, 
     """
     mesh = parallel.create_mesh() if mesh is None else mesh
     parallel.check_divisible(global_batch_size, mesh)
-    examples = data_sources.load_examples(data_cfg, jax.process_index(), jax.process_count())
+    examples = sources.load_examples(data_cfg, jax.process_index(), jax.process_count())
     return Dataset(examples.images, examples.labels, examples.num_classes, global_batch_size,
-                   seed, mesh, data_cfg.get("prefetch", 2), jax.process_count())
+                   seed, mesh, data_cfg.prefetch, jax.process_count())
 
 
 class _Failure:
@@ -151,12 +172,13 @@ class _Failure:
         self.error = error
 
 
-def _fill(make_batch, start: int, out: queue.Queue, stop: threading.Event) -> None:
+def _fill(make_batch, args: Iterator, out: queue.Queue, stop: threading.Event) -> None:
     """Producer loop of `_Prefetcher` (holds no reference to it, so it can be collected)."""
-    step = start
-    while not stop.is_set():
+    for arg in args:
+        if stop.is_set():
+            return
         try:
-            item = make_batch(step)
+            item = make_batch(arg)
         except Exception as error:  # pylint: disable=broad-except
             item = _Failure(error)
         while not stop.is_set():
@@ -167,18 +189,17 @@ def _fill(make_batch, start: int, out: queue.Queue, stop: threading.Event) -> No
                 continue
         if isinstance(item, _Failure):
             return
-        step += 1
 
 
 class _Prefetcher:
-    """Iterates `make_batch(start), make_batch(start + 1), ...`, `depth` batches ahead."""
+    """Iterates `make_batch(arg)` for each of `args`, `depth` batches ahead."""
 
-    def __init__(self, make_batch, start: int, depth: int):
+    def __init__(self, make_batch, args: Iterator, depth: int):
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._failure: _Failure | None = None
         self._thread = threading.Thread(target=_fill, daemon=True, name="input_pipeline",
-                                        args=(make_batch, start, self._queue, self._stop))
+                                        args=(make_batch, args, self._queue, self._stop))
         self._thread.start()
 
     def __iter__(self):

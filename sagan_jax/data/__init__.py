@@ -1,0 +1,15 @@
+"""Datasets: sources decoded once into memory (`sources` and its registry), batched and
+sharded over the data mesh (`pipeline`).
+
+    ds = data.create_dataset(config.data, config.train.batch_size, config.train.seed, mesh)
+    batches = ds.iterator(start_step=0)
+
+Importing this package registers the built-in sources: `digits`, the TFDS datasets
+(`cifar10`, `stl10`, `oxford_flowers102`) and the class-per-folder trees (`animeface`,
+`image_folder`).
+"""
+from sagan_jax.data import digits, tfds_datasets, image_folder  # noqa: F401,I001 -- registration order.
+from sagan_jax.data.pipeline import Dataset, create_dataset, to_float
+from sagan_jax.data.sources import Examples, names, register
+
+__all__ = ["Dataset", "Examples", "create_dataset", "names", "register", "to_float"]

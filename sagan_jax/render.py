@@ -1,0 +1,166 @@
+"""Renders a checkpoint: `python -m sagan_jax.render --workdir=DIR [--step=N|best|last]`.
+
+Writes three PNGs into `DIR/render/step_<N>_<generator>/`:
+- `samples.png`: one column per class (at most `--classes`), `--rows` samples each;
+- `latent_interpolation.png`: one row per class, G along a path between two `z`
+  (`--interpolation` slerp or linear, `--points` images);
+- `class_interpolation.png` (conditional G): one row per pair of consecutive classes,
+  one fixed `z`, the class weights going from one class to the next.
+
+A class whose latent row shows one image throughout has collapsed (the original's
+finding on AnimeFace and Flowers; see README, "Catching collapse"). `--step=best` picks
+the checkpoint with the best FID of the chosen generator in the scores that
+`sagan_jax.score` (or the original's protocol) wrote in `DIR/eval/scores.csv` (best IS
+when no FID was computed). `--bn=train` renders with batch statistics, as the
+original's sampling script did (`--generator=raw --bn=train --interpolation=linear
+--points=5` is its protocol). Only reads the run.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import sys
+
+import jax
+import numpy as np
+from absl import app, flags, logging
+
+from sagan_jax import checkpointing, gan as gan_lib, parallel, startup, train_step, visualize
+from sagan_jax import workdir as workdir_lib
+
+FLAGS = flags.FLAGS
+RENDER_DIR = "render"
+
+
+def define_flags() -> None:
+    """The CLI's flags (defined when run, so that importing this module beside
+    `sagan_jax.main`, which also has --workdir, does not clash)."""
+    flags.DEFINE_string("workdir", None, "The training run's directory.")
+    flags.DEFINE_string("step", "last", "A checkpoint step, 'last', or 'best' (by FID, else IS).")
+    flags.DEFINE_enum("generator", "ema", list(train_step.GENERATORS), "G's EMA or raw weights.")
+    flags.DEFINE_enum("bn", "eval", ["eval", "train"],
+                      "BatchNorm with running ('eval') or batch ('train') statistics.")
+    flags.DEFINE_enum("interpolation", "slerp", list(visualize.INTERPOLATIONS),
+                      "Path between two z.")
+    flags.DEFINE_integer("points", 8, "Images per interpolation row.")
+    flags.DEFINE_integer("rows", 8, "Samples per class in samples.png.")
+    flags.DEFINE_integer("classes", 16, "At most this many classes (the first ones).")
+    flags.DEFINE_integer("seed", 0, "Seed of the z.")
+    flags.DEFINE_string("out", None, "Output folder (default DIR/render/step_N_GENERATOR).")
+    flags.mark_flag_as_required("workdir")
+
+
+def best_step(workdir: str, generator: str) -> tuple[int, str, float]:
+    """(step, metric, value) of the best-scored checkpoint of `generator` in scores.csv.
+
+    Lowest FID, or highest IS where no FID was computed; among rows of several sample
+    counts, those of the largest count (the most precise).
+
+    Raises:
+      FileNotFoundError: no scores to choose from.
+    """
+    path = os.path.join(workdir, "eval", "scores.csv")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found; score the checkpoints first with "
+                                f"`python -m sagan_jax.score --workdir={workdir}`.")
+    with open(path) as f:
+        rows = [r for r in csv.DictReader(f) if r["generator"] == generator]
+    if not rows:
+        raise FileNotFoundError(f"{path} has no scores of the {generator} G; score it with "
+                                f"`python -m sagan_jax.score --generators={generator}`.")
+    most = max(int(r["num_samples"]) for r in rows)
+    rows = [r for r in rows if int(r["num_samples"]) == most]
+    finite = lambda key: [r for r in rows if r.get(key) and math.isfinite(float(r[key]))]
+    if finite("FID"):
+        row = min(finite("FID"), key=lambda r: float(r["FID"]))
+        return int(row["step"]), "FID", float(row["FID"])
+    row = max(finite("IS"), key=lambda r: float(r["IS"]))
+    return int(row["step"]), "IS", float(row["IS"])
+
+
+def _resolve_step(workdir: str, step: str, generator: str, available: list[int]) -> int:
+    if step == "best":
+        chosen, metric, value = best_step(workdir, generator)
+        logging.info("best checkpoint of the %s G: step %d (%s %.4g)", generator, chosen,
+                     metric, value)
+        return chosen
+    if step == "last":
+        if not available:
+            raise FileNotFoundError(f"no checkpoints in {workdir}/checkpoints yet.")
+        return available[-1]
+    try:
+        return int(step)
+    except ValueError:
+        raise ValueError(f"--step={step!r}: give a step number, 'last' or 'best'.") from None
+
+
+def render(workdir: str, step: str = "last", generator: str = "ema", bn: str = "eval",
+           interpolation: str = "slerp", points: int = 8, rows: int = 8, classes: int = 16,
+           seed: int = 0, out: str | None = None) -> dict[str, str]:
+    """Writes the PNGs of one checkpoint (see the module docstring); returns name -> path."""
+    config = workdir_lib.read_config(workdir)
+    if "run" not in config:
+        raise ValueError(f"{workdir}/config.json has no 'run' section (written by an older "
+                         "sagan_jax); resume the run once with this version to rewrite it.")
+    gan = gan_lib.build(config, config.run.num_classes, config.run.channels)
+    ckpts = checkpointing.Checkpoints(workdir, config.checkpoint.keep, read_only=True)
+    try:
+        chosen = _resolve_step(workdir, step, generator, ckpts.all_steps())
+        like = train_step.create_train_state(gan, config, jax.random.key(0))
+        state = ckpts.restore(chosen, jax.device_put(like, parallel.replicated_sharding(
+            parallel.create_mesh(jax.devices()[:1]))))
+    finally:
+        ckpts.close()
+    params, model_state = train_step.g_weights(state, generator)
+    variables = {"params": params, **model_state}
+    # One device, outside any mesh: batch statistics need no axis to sync over.
+    g = gan.generator.clone(bn_axis_name=None)
+
+    @jax.jit
+    def apply(z, labels):
+        y = gan.labels_or_none(labels)
+        if bn == "eval":
+            return g.apply(variables, z, y)
+        images, _ = g.apply(variables, z, y, train=True, mutable=["batch_stats", "spectral_norm"])
+        return images
+
+    out = out or os.path.join(workdir, RENDER_DIR, f"step_{chosen}_{generator}")
+    scale = max(1, 64 // config.model.resolution)
+    key = jax.random.key(seed)
+    n = gan.num_classes
+    shown = np.arange(min(n, classes)) if n else np.zeros(rows, np.int32)
+    grids = {
+        "samples": visualize.class_grid(apply, gan, key, rows, classes),
+        "latent_interpolation": visualize.interpolation_grid(
+            apply, gan, jax.random.fold_in(key, 1), shown, points, interpolation),
+    }
+    if n > 1:
+        pairs = np.stack([shown, (shown + 1) % n], axis=1)
+        grids["class_interpolation"] = visualize.class_interpolation_grid(
+            apply, gan, jax.random.fold_in(key, 2), pairs, points)
+    paths = {}
+    for name, grid in grids.items():
+        paths[name] = os.path.join(out, f"{name}.png")
+        visualize.save_png(paths[name], grid, scale=scale)
+    logging.info("rendered step %d (%s G, %s BN) into %s", chosen, generator, bn, out)
+    return paths
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    startup.init()
+    try:
+        paths = render(FLAGS.workdir, FLAGS.step, FLAGS.generator, FLAGS.bn,
+                       FLAGS.interpolation, FLAGS.points, FLAGS.rows, FLAGS.classes,
+                       FLAGS.seed, FLAGS.out)
+    except (ValueError, OSError) as e:
+        sys.exit(f"error: {' '.join(str(e).split())}")
+    for path in paths.values():
+        print(path)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

@@ -1,0 +1,169 @@
+"""A `gs://` workdir: a whole tiny run (train, checkpoint, resume, grids, scores) in a
+bucket that lives in a local folder, with nothing written through plain `open`.
+
+The fake bucket is installed where each library meets the storage service: `etils.epath`
+(our files, orbax's small files; with TensorFlow installed epath serves `gs://` through
+it, so epath is told that TensorFlow is absent and uses its own, mockable, backends),
+orbax's TensorStore spec for `gs://` paths (the array data), orbax's bucket-layout
+query, and TensorFlow's TensorBoard writer. Everything else sees `gs://bucket/...` paths. orbax takes its cloud code path: in-place saves committed by a
+`commit_success.txt` instead of renamed temporary folders.
+"""
+import builtins
+import contextlib
+import importlib
+import os
+import types
+from unittest import mock
+
+import jax
+import numpy as np
+import pytest
+import tensorflow as tf
+from compiled_once import compile_once  # noqa: F401 -- an autouse fixture.
+from etils.epath import gpath, testing as epath_testing
+from jax.experimental import multihost_utils
+from orbax.checkpoint._src.path import gcs_utils
+
+from sagan_jax import checkpointing, score, train
+from sagan_jax import workdir as workdir_lib
+from sagan_jax.data import sources, tfds_datasets
+
+RUN = "gs://bucket/run"
+
+
+@contextlib.contextmanager
+def fake_gcs(root):
+    """Serves `gs://<path>` from `root/<path>` for epath, orbax and TensorBoard; a plain
+    `open` of a `gs:` path fails the test."""
+    root = str(root)
+
+    def local(path):
+        path = os.fspath(path)
+        return os.path.join(root, path[len("gs://"):]) if path.startswith("gs://") else path
+
+    def cloud(path):
+        path = os.fspath(path)
+        return "gs://" + os.path.relpath(path, root) if path.startswith(root + os.sep) else path
+
+    def one(fn, path, *args, **kwargs):
+        return fn(local(path), *args, **kwargs)
+
+    def two(fn, path, dst, *args, **kwargs):
+        return fn(local(path), local(dst), *args, **kwargs)
+
+    def glob(fn, pattern):
+        return [cloud(p) for p in fn(local(pattern))]
+
+    def walk(fn, top, **kwargs):
+        for folder, dirs, files in fn(local(top), **kwargs):
+            yield cloud(folder), dirs, files
+
+    plain_open = builtins.open
+
+    def open_(file, *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and os.fspath(file).startswith("gs:"):
+            raise AssertionError(f"plain open() of {file}")
+        return plain_open(file, *args, **kwargs)
+
+    writer = tf.summary.create_file_writer
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(mock.patch.object(gpath, "_is_tf_installed", lambda: False))
+        stack.enter_context(epath_testing.mock_epath(
+            open=one, exists=one, isdir=one, listdir=one, makedirs=one, mkdir=one, remove=one,
+            rmtree=one, stat=one, rename=two, replace=two, copy=two, glob=glob, walk=walk))
+        stack.enter_context(mock.patch.object(
+            gcs_utils, "get_kvstore_for_gcs", lambda path: {"driver": "file", "path": local(path)}))
+        stack.enter_context(mock.patch.object(
+            gcs_utils, "is_hierarchical_namespace_enabled", lambda path: False))
+        stack.enter_context(mock.patch.object(
+            tf.summary, "create_file_writer",
+            lambda logdir, *args, **kwargs: writer(local(logdir), *args, **kwargs)))
+        stack.enter_context(mock.patch.object(builtins, "open", open_))
+        yield
+
+
+def digits_config(num_steps, stats_dir):
+    config = importlib.import_module("configs.digits").get_config("test")
+    config.train.num_steps, config.checkpoint.keep = num_steps, 3
+    config.eval.stats_dir = stats_dir
+    return config
+
+
+def leaves(state):
+    return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state))]
+
+
+def test_a_run_in_a_bucket(tmp_path, monkeypatch):
+    storage, here = tmp_path / "gcs", tmp_path / "cwd"  # gs://X/... is gcs/X/...
+    storage.mkdir()
+    here.mkdir()
+    monkeypatch.chdir(here)  # A path taken for local would be written under here/gs:/...
+    local_run = str(tmp_path / "local")
+    expected = leaves(train.train_and_evaluate(digits_config(4, str(tmp_path / "stats")),
+                                               local_run))
+    with fake_gcs(storage):
+        train.train_and_evaluate(digits_config(2, "gs://bucket/stats"), RUN)
+        resumed = train.train_and_evaluate(digits_config(4, "gs://bucket/stats"), RUN)
+        ckpts = checkpointing.Checkpoints(RUN, 3, read_only=True)
+        assert ckpts.all_steps() == [2, 4]
+        ckpts.close()
+        assert workdir_lib.read_config(RUN).run.num_steps == 4
+        rows = score.evaluate_workdir(RUN, num_samples=64, generators=("ema",))
+    for x, y in zip(leaves(resumed), expected):
+        np.testing.assert_array_equal(x, y)  # Resumed in the bucket as from a local disk.
+    assert os.listdir(here) == []
+
+    run = storage / "bucket" / "run"
+    for step in (2, 4):  # orbax's cloud layout: committed in place.
+        assert (run / "checkpoints" / str(step) / "commit_success.txt").exists()
+    for name in ("samples/step_0000002.png", "samples/step_0000004.png", "interpolations.png"):
+        assert (run / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
+    assert [r["step"] for r in rows] == [2, 4]
+    for name in ("eval/step_0000002.json", "eval/step_0000004.json", "eval/scores.csv"):
+        assert (run / name).exists()
+    assert len([f for f in os.listdir(run) if f.startswith("events.out.tfevents")]) == 2
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(run / "eval"))
+    assert len(list((storage / "bucket" / "stats").iterdir())) == 1  # Reference statistics.
+
+
+def test_the_fake_bucket_refuses_plain_open(tmp_path):
+    with fake_gcs(tmp_path), pytest.raises(AssertionError, match="plain open"):
+        np.save("gs://bucket/x.npy", np.zeros(1))
+
+
+def test_prepare_refuses_a_workdir_it_cannot_write(tmp_path):
+    with fake_gcs(tmp_path):
+        (tmp_path / "bucket").write_text("a file where the bucket's folder should be")
+        with pytest.raises(PermissionError, match="cannot write to workdir gs://bucket/run") as e:
+            workdir_lib.prepare(RUN)
+    assert "\n" not in str(e.value)
+
+
+def test_try_gcs_and_a_data_dir_are_one_or_the_other():
+    config = importlib.import_module("configs.cifar10").get_config("test")
+    config.data.try_gcs, config.data.data_dir = True, "gs://bucket/tensorflow_datasets"
+    with pytest.raises(ValueError, match="set only one of them") as e:
+        sources.load_examples(config.data, 0, 1)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("process", [0, 1])
+def test_a_shared_data_dir_is_prepared_by_process_0_first(monkeypatch, process):
+    events = []
+
+    class Builder:
+        data_dir = "gs://bucket/tensorflow_datasets"
+
+        def download_and_prepare(self, download_config):
+            events.append("prepare")
+
+    fake_tfds = types.SimpleNamespace(
+        builder=lambda name, data_dir, try_gcs: Builder(),
+        download=types.SimpleNamespace(DownloadConfig=lambda manual_dir: None))
+    monkeypatch.setattr(jax, "process_index", lambda: process)
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(multihost_utils, "sync_global_devices", lambda name: events.append("wait"))
+    config = importlib.import_module("configs.cifar10").get_config("test")
+    tfds_datasets._prepared_builder(  # pylint: disable=protected-access
+        "cifar10", tfds_datasets.TFDS_DATASETS["cifar10"], config.data, fake_tfds)
+    assert events == (["prepare", "wait"] if process == 0 else ["wait", "prepare"])

@@ -1,0 +1,324 @@
+"""launch/tpu_pod.sh and launch/gpu.sh: the commands they print, run and refuse.
+
+`--dry-run` must print what a real run executes, so each script is also run for real
+with stand-ins for `gcloud` and `python3` that record their arguments: the recorded
+calls must equal the dry run's printed lines, parsed as a shell parses them.
+"""
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TPU_POD = REPO / "launch" / "tpu_pod.sh"
+GPU = REPO / "launch" / "gpu.sh"
+V4_32 = ["--name=sagan-v4", "--zone=us-central2-b", "--project=my-project",
+         "--accelerator-type=v4-32", "--config=configs/cifar10.py:case=2",
+         "--workdir=gs://my-bucket/cifar10_case2", "--data-dir=gs://tfds-data/datasets"]
+# The scripts' parameters that the environment can set, cleared for every test.
+PARAMETER_VARIABLES = ("TPU_NAME", "ZONE", "PROJECT", "ACCELERATOR_TYPE", "RUNTIME_VERSION",
+                       "REPO", "CONFIG", "WORKDIR", "DATA_DIR", "PYTHON_VERSION", "NUM_NODES",
+                       "NODE_RANK", "COORDINATOR", "PYTHON")
+# Records its arguments as one JSON line; `describe` answers with $FAKE_STATE.
+RECORDER = """#!{python}
+import json, os, sys
+with open(os.environ["RECORD"], "a") as f:
+    f.write(json.dumps(sys.argv[1:]) + "\\n")
+if sys.argv[1:5] == ["compute", "tpus", "tpu-vm", "describe"]:
+    state = os.environ.get("FAKE_STATE", "")
+    print(state)
+    sys.exit(0 if state else 1)
+"""
+
+
+def run_script(script, args, env=None, cwd=REPO):
+    base = {k: v for k, v in os.environ.items() if k not in PARAMETER_VARIABLES}
+    return subprocess.run(["bash", str(script), *args], capture_output=True, text=True,
+                          cwd=cwd, env={**base, **(env or {})}, timeout=120)
+
+
+def commands(stdout):
+    """The printed commands ('+ ' lines) as argument lists."""
+    return [shlex.split(line[2:]) for line in stdout.splitlines() if line.startswith("+ ")]
+
+
+def gcloud_calls(stdout, verb):
+    """The printed `gcloud compute tpus tpu-vm VERB ...` commands."""
+    prefix = ["gcloud", "compute", "tpus", "tpu-vm", verb]
+    return [c for c in commands(stdout) if c[:5] == prefix]
+
+
+def remote(call):
+    """The shell command that an `ssh ... --command CMD` call runs on the workers."""
+    return call[call.index("--command") + 1]
+
+
+@pytest.fixture
+def recorder(tmp_path):
+    """A bin/ folder with stand-in `gcloud` and `python3`, and the file they record to."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("gcloud", "python3"):
+        path = bin_dir / name
+        path.write_text(RECORDER.format(python=sys.executable))
+        path.chmod(0o755)
+    record = tmp_path / "calls.jsonl"
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "RECORD": str(record),
+           "TMPDIR": str(tmp_path)}
+
+    def calls():
+        if not record.exists():
+            return []
+        return [json.loads(line) for line in record.read_text().splitlines()]
+
+    return env, calls
+
+
+@pytest.fixture
+def checkout(tmp_path):
+    """A small git checkout: tracked, untracked and ignored files."""
+    root = tmp_path / "checkout"
+    for rel in ("setup.py", "configs/cifar10.py", "sagan_jax/main.py", "notes.txt",
+                ".venv/lib/big.bin", "sagan_jax/__pycache__/main.pyc"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(rel)
+    (root / ".gitignore").write_text(".venv/\n__pycache__/\n")
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    subprocess.run(["git", "-C", str(root), "add", "setup.py", "configs", "sagan_jax/main.py"],
+                   check=True)
+    return root
+
+
+def test_tpu_pod_dry_run_v4_32(recorder):
+    env, calls = recorder
+    result = run_script(TPU_POD, ["--dry-run", "--logs", *V4_32], env)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert calls() == []  # Not even `describe` runs.
+    out = result.stdout
+    assert "assuming that sagan-v4 does not exist" in out
+    where = ["--zone=us-central2-b", "--project=my-project"]
+    [describe] = gcloud_calls(out, "describe")
+    assert describe[5:8] == ["sagan-v4", *where]
+    [create] = gcloud_calls(out, "create")
+    assert create[5:] == ["sagan-v4", *where, "--accelerator-type=v4-32",
+                          "--version=tpu-ubuntu2204-base"]
+    archive = f"{env['TMPDIR']}/sagan_jax-sagan-v4.tgz"
+    [scp] = gcloud_calls(out, "scp")
+    assert scp[5:] == [archive, "sagan-v4:sagan_jax.tgz", *where, "--worker=all"]
+    install, start, logs = gcloud_calls(out, "ssh")
+    for call in (install, start, logs):
+        assert call[5:9] == ["sagan-v4", *where, "--worker=all"]
+    assert 'pip install -q -e ".[tpu]"' in remote(install)
+    assert "tar -xzf ~/sagan_jax.tgz -C ~/sagan_jax" in remote(install)
+    assert ("nohup ~/sagan_jax_venv/bin/python -m sagan_jax.main"
+            " --config=configs/cifar10.py:case=2 --workdir=gs://my-bucket/cifar10_case2"
+            " --config.data.data_dir=gs://tfds-data/datasets > ~/sagan_jax.log") in remote(start)
+    assert remote(logs).startswith("tail -n +1 -F ~/sagan_jax.log")
+    # The order of the steps: slice, copy, install, start, logs.
+    lines = [line for line in out.splitlines() if line.startswith("+ ")]
+    order = [lines.index("+ " + shlex.join(c)) for c in (create, scp, install, start, logs)]
+    assert order == sorted(order)
+    assert f"| tar -czf {archive} -C {REPO} --null -T -" in lines[order[0] + 1]
+
+
+def test_tpu_pod_parameters_from_environment():
+    env = {"TPU_NAME": "sagan-v4", "ZONE": "us-central2-b", "PROJECT": "my-project",
+           "ACCELERATOR_TYPE": "v4-32", "CONFIG": "configs/cifar10.py:case=2",
+           "WORKDIR": "gs://my-bucket/cifar10_case2", "DATA_DIR": "gs://tfds-data/datasets"}
+    by_env = run_script(TPU_POD, ["--dry-run", "--logs"], env)
+    by_flags = run_script(TPU_POD, ["--dry-run", "--logs", *V4_32])
+    assert by_env.returncode == 0, by_env.stderr
+    assert by_env.stdout == by_flags.stdout
+
+
+def test_tpu_pod_without_logs_streams_nothing():
+    out = run_script(TPU_POD, ["--dry-run", *V4_32]).stdout
+    assert [remote(c).split()[0] for c in gcloud_calls(out, "ssh")] == ["set", "cd"]
+
+
+def test_tpu_pod_git_url_spot_and_main_flags():
+    args = [*V4_32, "--accelerator-type=v5litepod-16", "--spot",
+            "--repo=https://example.org/sagan_jax.git", "--python=3.11",
+            "--", "--config.train.batch_size=512"]
+    result = run_script(TPU_POD, ["--dry-run", *args])
+    assert result.returncode == 0, result.stderr
+    [create] = gcloud_calls(result.stdout, "create")
+    assert create[-3:] == ["--accelerator-type=v5litepod-16",
+                           "--version=v2-alpha-tpuv5-lite", "--spot"]
+    assert gcloud_calls(result.stdout, "scp") == []
+    install, start = gcloud_calls(result.stdout, "ssh")
+    assert "git clone https://example.org/sagan_jax.git ~/sagan_jax" in remote(install)
+    assert "--python 3.11 ~/sagan_jax_venv" in remote(install)
+    assert "--config.data.data_dir=gs://tfds-data/datasets --config.train.batch_size=512 >" \
+        in remote(start)
+
+
+@pytest.mark.parametrize("state, verbs", [
+    ("", ["describe", "create", "scp", "ssh", "ssh", "ssh"]),
+    ("READY", ["describe", "scp", "ssh", "ssh", "ssh"]),
+    ("PREEMPTED", ["describe", "delete", "create", "scp", "ssh", "ssh", "ssh"]),
+])
+def test_tpu_pod_runs_what_the_dry_run_prints(recorder, checkout, state, verbs):
+    env, calls = recorder
+    args = ["--logs", *V4_32, f"--repo={checkout}"]
+    result = run_script(TPU_POD, args, {**env, "FAKE_STATE": state})
+    assert result.returncode == 0, result.stderr
+    assert [c[3] for c in calls()] == verbs
+    printed = [c[1:] for c in commands(result.stdout) if c[0] == "gcloud"]
+    assert calls() == printed
+    if state != "":  # The dry run assumes a missing slice: compare it with that run.
+        return
+    dry = run_script(TPU_POD, ["--dry-run", *args], env)
+    assert commands(dry.stdout) == commands(result.stdout)
+    with tarfile.open(Path(env["TMPDIR"], "sagan_jax-sagan-v4.tgz")) as archive:
+        names = {Path(n).as_posix() for n in archive.getnames()}
+    assert names == {"setup.py", "configs/cifar10.py", "sagan_jax/main.py", "notes.txt",
+                     ".gitignore"}
+
+
+@pytest.mark.parametrize("change, expected", [
+    (["--workdir=/tmp/run"], "gs://"),
+    (["--workdir=my-bucket/run"], "gs://"),
+    (["--data-dir=/data/tfds"], "--data-dir"),
+    (["--accelerator-type=v4_32"], "--accelerator-type"),
+    (["--accelerator-type=v4"], "--accelerator-type"),
+    (["--name=Sagan_V4"], "--name"),
+    (["--zone=central"], "--zone"),
+    (["--config=configs/nope.py"], "configs/nope.py"),
+    (["--repo=/does/not/exist"], "--repo"),
+    (["--python=3.10"], "3.11"),
+    (["--accelerator-type=v7-8"], "--version"),
+    (["--bogus=1"], "--bogus"),
+    (["extra"], "extra"),
+    (["--spot=yes"], "--spot"),
+    (["--zone"], "--zone"),
+])
+def test_tpu_pod_bad_parameter_one_line(change, expected):
+    result = run_script(TPU_POD, ["--dry-run", *V4_32, *change])
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1
+    assert expected in result.stderr
+
+
+@pytest.mark.parametrize("missing, expected", [
+    ("--name", "TPU_NAME"), ("--zone", "ZONE"), ("--accelerator-type", "ACCELERATOR_TYPE"),
+    ("--config", "CONFIG"), ("--workdir", "WORKDIR"),
+])
+def test_tpu_pod_missing_parameter_one_line(missing, expected):
+    args = [a for a in V4_32 if not a.startswith(missing + "=")]
+    result = run_script(TPU_POD, ["--dry-run", *args])
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [result.stderr.strip()]
+    assert expected in result.stderr
+
+
+def test_help_exits_zero():
+    for script in (TPU_POD, GPU):
+        result = run_script(script, ["--help"])
+        assert result.returncode == 0
+        assert "--dry-run" in result.stdout and "set -euo" not in result.stdout
+
+
+GPU_ARGS = ["--config=configs/cifar10.py:case=2", "--workdir=/runs/cifar10_case2"]
+
+
+def test_gpu_one_machine_dry_run():
+    result = run_script(GPU, ["--dry-run", *GPU_ARGS, "--", "--config.train.batch_size=128"])
+    assert result.returncode == 0, result.stderr
+    check, main = commands(result.stdout)
+    assert check[:2] == ["python3", "-c"] and 'default_backend() == "gpu"' in check[2]
+    assert main == ["python3", "-m", "sagan_jax.main", "--config=configs/cifar10.py:case=2",
+                    "--workdir=/runs/cifar10_case2", "--config.train.batch_size=128"]
+
+
+def test_gpu_install_and_multi_node_dry_run():
+    args = ["--dry-run", "--install", *GPU_ARGS, "--data-dir=gs://tfds-data/datasets",
+            "--nodes=2", "--node-rank=1", "--coordinator=10.0.0.2:1234"]
+    result = run_script(GPU, args, {"PYTHON": "python3.12"})
+    assert result.returncode == 0, result.stderr
+    install, _, main = commands(result.stdout)
+    assert install == ["python3.12", "-m", "pip", "install", "-e", f"{REPO}[gpu]"]
+    assert main[1:] == ["-m", "sagan_jax.main", "--config=configs/cifar10.py:case=2",
+                        "--workdir=/runs/cifar10_case2",
+                        "--config.data.data_dir=gs://tfds-data/datasets",
+                        "--coordinator_address=10.0.0.2:1234", "--num_processes=2",
+                        "--process_id=1"]
+
+
+def test_gpu_runs_what_the_dry_run_prints(recorder):
+    env, calls = recorder
+    args = ["--install", *GPU_ARGS, "--nodes=3", "--node-rank=2", "--coordinator=head:9999"]
+    dry = run_script(GPU, ["--dry-run", *args], env)
+    real = run_script(GPU, args, env)
+    assert real.returncode == 0, real.stderr
+    assert commands(real.stdout) == commands(dry.stdout)
+    assert calls() == [c[1:] for c in commands(dry.stdout)]
+    assert len(calls()) == 3
+
+
+@pytest.mark.parametrize("args, expected", [
+    (GPU_ARGS[1:], "CONFIG"),
+    (GPU_ARGS[:1], "WORKDIR"),
+    ([*GPU_ARGS[1:], "--config=configs/nope.py"], "configs/nope.py"),
+    ([*GPU_ARGS, "--nodes=2", "--node-rank=0"], "--coordinator"),
+    ([*GPU_ARGS, "--nodes=2", "--coordinator=10.0.0.2:1234"], "NODE_RANK"),
+    ([*GPU_ARGS, "--nodes=2", "--node-rank=2", "--coordinator=h:1"], "0..1"),
+    ([*GPU_ARGS, "--nodes=2", "--node-rank=0", "--coordinator=10.0.0.2"], "HOST:PORT"),
+    ([*GPU_ARGS, "--coordinator=10.0.0.2:1234"], "--nodes"),
+    ([*GPU_ARGS, "--nodes=zero"], "--nodes"),
+    ([*GPU_ARGS, "--gpus=8"], "--gpus"),
+    ([*GPU_ARGS, "--install=yes"], "--install"),
+])
+def test_gpu_bad_parameter_one_line(args, expected):
+    result = run_script(GPU, ["--dry-run", *args])
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1
+    assert expected in result.stderr
+
+
+def test_tpu_pod_worker_commands_parse():
+    out = run_script(TPU_POD, ["--dry-run", "--logs", *V4_32]).stdout
+    for call in gcloud_calls(out, "ssh"):
+        check = subprocess.run(["bash", "-n", "-c", remote(call)], capture_output=True, text=True)
+        assert check.returncode == 0, (remote(call), check.stderr)
+
+
+def test_tpu_pod_start_command_on_a_worker(tmp_path):
+    """The start command, run in a stand-in home: detaches, records the pid, logs, and
+    refuses to start a second run while the first is going."""
+    out = run_script(TPU_POD, ["--dry-run", *V4_32]).stdout
+    start = remote(gcloud_calls(out, "ssh")[1])
+    python = tmp_path / "sagan_jax_venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text('#!/usr/bin/env bash\necho "args: $*"\nexec sleep 60\n')
+    python.chmod(0o755)
+    (tmp_path / "sagan_jax").mkdir()
+    env = {**os.environ, "HOME": str(tmp_path)}
+    first = subprocess.run(["bash", "-c", start], env=env, capture_output=True, text=True,
+                           timeout=30)
+    pid = int((tmp_path / "sagan_jax.pid").read_text())
+    try:
+        assert first.returncode == 0, first.stderr
+        second = subprocess.run(["bash", "-c", start], env=env, capture_output=True,
+                                text=True, timeout=30)
+        assert second.returncode == 1
+        assert f"pid {pid}" in second.stderr
+        log = tmp_path / "sagan_jax.log"
+        for _ in range(100):  # The detached process writes its first line soon.
+            if log.read_text():
+                break
+            time.sleep(0.1)
+        assert log.read_text().startswith(
+            "args: -m sagan_jax.main --config=configs/cifar10.py:case=2"
+            " --workdir=gs://my-bucket/cifar10_case2")
+    finally:
+        os.kill(pid, 15)
