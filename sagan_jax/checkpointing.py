@@ -227,7 +227,7 @@ class Checkpoints:
         corrupt = self.workdir / CORRUPT_DIR
         if jax.process_index() == 0:
             corrupt.mkdir(parents=True, exist_ok=True)
-            __import__('shutil').move(str(self.directory / str(step)), str(corrupt / f"{step}.{int(time.time())}"))
+            (self.directory / str(step)).rename(corrupt / f"{step}.{int(time.time())}")
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices(f"sagan_jax: checkpoint {step} set aside")
         self.manager.reload()
