@@ -95,8 +95,11 @@ def step_row(device: str, name: str, dtype: str, mesh, args) -> None:
 
 
 def pre_optimisation_flops(fn, *example) -> float:
-    """XLA's FLOP count of `fn(*example)` before optimisation (no compile needed)."""
-    cost = jax.jit(fn).lower(*example).cost_analysis()
+    """XLA's FLOP count of `fn(*example)` before optimisation (no compile needed); NaN
+    where this JAX version's lowered stage has no cost analysis (a column, not worth a
+    failed run)."""
+    lowered = jax.jit(fn).lower(*example)
+    cost = lowered.cost_analysis() if hasattr(lowered, "cost_analysis") else None
     cost = cost[0] if isinstance(cost, list) else cost
     return float((cost or {}).get("flops", float("nan")))
 

@@ -50,7 +50,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.data.image_size = c.model.get_ref("resolution")
     c.data.channels = 3
     c.data.path = ""  # Folder datasets: root with one sub-folder per class.
-    c.data.data_dir = ""  # TFDS data_dir; '' = TFDS's default.
+    c.data.data_dir = ""  # TFDS data_dir (a local folder or gs://...); '' = TFDS's default.
+    # TFDS: read the prepared dataset from TFDS's public bucket (TPU pods; not with data_dir).
+    c.data.try_gcs = False
     c.data.manual_dir = ""  # TFDS: folder holding the downloaded source archives.
     c.data.variant = "labelled"  # STL-10 also has 'unlabelled'.
     c.data.resize = "bilinear"
@@ -88,9 +90,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     # True: BN statistics of the global batch (the original's one-GPU runs); False: of
     # each device's slice (its DataParallel runs at 96 px).
     c.train.bn_sync = True
-    # Steps per call of the compiled step, run in a device-side loop between the steps
-    # at which anything periodic happens (saves the host work of each step; TPUs and
-    # fast GPUs want 8 or more). Two step functions are compiled when > 1.
+    # Up to this many steps per call of the compiled step, in a device-side loop that
+    # ends where anything periodic is due (saves the host work of each step on TPUs and
+    # fast GPUs). Keep 1 on CPU: XLA:CPU runs convolutions in the loop ~18x slower.
     c.train.steps_per_dispatch = 1
 
     c.checkpoint = ml_collections.ConfigDict()

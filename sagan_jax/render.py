@@ -10,21 +10,21 @@ Writes three PNGs into `DIR/render/step_<N>_<generator>/`:
 A class whose latent row shows one image throughout has collapsed (the original's
 finding on AnimeFace and Flowers; see README, "Catching collapse"). `--step=best` picks
 the checkpoint with the best FID of the chosen generator in the scores that
-`sagan_jax.score` (or the original's protocol) wrote in `DIR/eval/scores.csv` (best IS
-when no FID was computed). `--bn=train` renders with batch statistics, as the
+`sagan_jax.score` wrote in `DIR/eval/scores.csv` (best IS when no FID was computed). `--bn=train` renders with batch statistics, as the
 original's sampling script did (`--generator=raw --bn=train --interpolation=linear
 --points=5` is its protocol). Only reads the run.
 """
 from __future__ import annotations
 
 import csv
+import io
 import math
-import os
 import sys
 
 import jax
 import numpy as np
 from absl import app, flags, logging
+from etils import epath
 
 from sagan_jax import checkpointing, gan as gan_lib, parallel, startup, train_step, visualize
 from sagan_jax import workdir as workdir_lib
@@ -60,12 +60,12 @@ def best_step(workdir: str, generator: str) -> tuple[int, str, float]:
     Raises:
       FileNotFoundError: no scores to choose from.
     """
-    path = os.path.join(workdir, "eval", "scores.csv")
-    if not os.path.exists(path):
+    path = epath.Path(workdir) / "eval" / "scores.csv"
+    if not path.exists():
         raise FileNotFoundError(f"{path} not found; score the checkpoints first with "
                                 f"`python -m sagan_jax.score --workdir={workdir}`.")
-    with open(path) as f:
-        rows = [r for r in csv.DictReader(f) if r["generator"] == generator]
+    rows = [r for r in csv.DictReader(io.StringIO(path.read_text()))
+            if r["generator"] == generator]
     if not rows:
         raise FileNotFoundError(f"{path} has no scores of the {generator} G; score it with "
                                 f"`python -m sagan_jax.score --generators={generator}`.")
@@ -125,7 +125,7 @@ def render(workdir: str, step: str = "last", generator: str = "ema", bn: str = "
         images, _ = g.apply(variables, z, y, train=True, mutable=["batch_stats", "spectral_norm"])
         return images
 
-    out = out or os.path.join(workdir, RENDER_DIR, f"step_{chosen}_{generator}")
+    out = epath.Path(out or epath.Path(workdir) / RENDER_DIR / f"step_{chosen}_{generator}")
     scale = max(1, 64 // config.model.resolution)
     key = jax.random.key(seed)
     n = gan.num_classes
@@ -141,7 +141,7 @@ def render(workdir: str, step: str = "last", generator: str = "ema", bn: str = "
             apply, gan, jax.random.fold_in(key, 2), pairs, points)
     paths = {}
     for name, grid in grids.items():
-        paths[name] = os.path.join(out, f"{name}.png")
+        paths[name] = str(out / f"{name}.png")
         visualize.save_png(paths[name], grid, scale=scale)
     logging.info("rendered step %d (%s G, %s BN) into %s", chosen, generator, bn, out)
     return paths

@@ -244,6 +244,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLik
     # `train.steps_per_dispatch` > 1: up to that many steps per call, in a loop on the
     # device, each call ending where something periodic is due.
     k = config.train.steps_per_dispatch
+    if k > 1 and jax.default_backend() == "cpu":
+        logging.warning("train.steps_per_dispatch=%d on CPU: XLA:CPU runs the convolutions "
+                        "inside the device-side loop about 18x slower (benchmarks/RESULTS.md); "
+                        "set it to 1 on CPU.", k)
     step_fn = train_step.make_train_step(gan, config, mesh, steps_per_epoch=plan.steps_per_epoch,
                                          steps_per_call=k)
     # Grids and interpolations: a few images, from G on one device with explicit z.

@@ -18,7 +18,6 @@ that says how to get them and returns None (training goes on without scores), un
 from __future__ import annotations
 
 import functools
-import os
 from typing import Callable, Iterable, Iterator
 
 import jax
@@ -66,8 +65,7 @@ def _feature_network(eval_cfg):
     """
     name = eval_cfg.feature_net
     if name == "inception":
-        path = os.path.expanduser(eval_cfg.inception_weights or inception.DEFAULT_WEIGHTS)
-        variables = inception.load_variables(path)
+        variables = inception.load_variables(eval_cfg.inception_weights or inception.DEFAULT_WEIGHTS)
         if eval_cfg.precision not in _PRECISIONS:
             raise ValueError(f"unknown eval.precision {eval_cfg.precision!r}; set it to one of "
                              f"{sorted(_PRECISIONS)}.")
@@ -138,7 +136,7 @@ class Evaluator:
             return None
         ev = cls(name, extract, variables, mesh, eval_cfg)
         path = reference.cache_path(eval_cfg.stats_dir, name, data_cfg)
-        if os.path.exists(path):
+        if path.exists():
             stats = reference.ReferenceStats.load(path)
         else:
             if jax.process_count() > 1:

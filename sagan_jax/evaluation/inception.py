@@ -40,6 +40,7 @@ This module imports neither TensorFlow nor PyTorch.
 from __future__ import annotations
 
 import functools
+import io
 import os
 import zipfile
 
@@ -47,6 +48,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from flax import traverse_util
 
 from sagan_jax.evaluation.resize import resize_bilinear_tf1
@@ -268,12 +270,12 @@ def load_variables(path: str) -> dict:
       FileNotFoundError: the file is missing (the message says how to get it).
       ValueError: the file is not a complete converted Inception weight file.
     """
-    path = os.path.expanduser(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(missing_weights_message(path))
+    path = epath.Path(path).expanduser()  # A local path or a bucket (gs://...).
+    if not path.exists():
+        raise FileNotFoundError(missing_weights_message(str(path)))
     reconvert = "re-run `python -m sagan_jax.evaluation.convert`"
     try:
-        with np.load(path) as f:
+        with np.load(io.BytesIO(path.read_bytes())) as f:
             flat = {k: f[k] for k in f.files if k != "source_sha256"}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
         raise ValueError(f"{path} is not a readable converted Inception weight file "
