@@ -158,7 +158,9 @@ def test_fast_conv_is_as_accurate_as_direct_form_bfloat16(kernel_size, upsample,
 
 @pytest.mark.parametrize("sn", [True, False])
 def test_shortcut_repeats_after_the_conv_with_the_same_values(sn):
-    """conv1x1 then repeat: the forward is bit for bit that of repeat then conv1x1."""
+    """conv1x1 then repeat: the forward is that of repeat then conv1x1, to float32
+    round-off (bit for bit with JAX 0.10; JAX 0.12's CPU matrix product blocks 4x the
+    rows differently, 1 ulp)."""
     x = jax.random.normal(jax.random.key(0), (2, 4, 3, 16))
     up = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
     after = SNConv(8, 1, sn=sn, upsample=True)
@@ -168,7 +170,7 @@ def test_shortcut_repeats_after_the_conv_with_the_same_values(sn):
     for train in (False, True):
         a = after.apply(variables, x, train=train, mutable=[SN_COLLECTION])[0]
         b = before.apply(variables, up, train=train, mutable=[SN_COLLECTION])[0]
-        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, b, rtol=F32_TOL, atol=F32_TOL * np.abs(b).max())
 
 
 def test_gblock_equals_the_direct_transcription():

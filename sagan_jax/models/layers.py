@@ -115,7 +115,10 @@ class SNConv(nn.Module):
         )
         x = x.astype(self.dtype)
         if k == 1:
-            y = jnp.einsum("bhwc,cd->bhwd", x, kernel[0, 0].astype(self.dtype))
+            # Accumulated in float32, as XLA's convolutions do (newer JAX would otherwise
+            # sum bf16 products in bf16, forward and backward).
+            y = jnp.einsum("bhwc,cd->bhwd", x, kernel[0, 0].astype(self.dtype),
+                           preferred_element_type=jnp.float32).astype(self.dtype)
         elif self.upsample:
             y = _conv3_of_upsampled(x, kernel, self.dtype)
         else:
@@ -126,7 +129,8 @@ class SNConv(nn.Module):
             y = y + bias.astype(self.dtype)
         if self.upsample and k == 1:
             # Each output pixel is the same dot product either way, so repeating after
-            # the conv and bias gives identical values at a quarter of the work.
+            # the conv and bias gives the same values (up to the matrix product's
+            # blocking) at a quarter of the work.
             y = _upsample2(y)
         return y
 
