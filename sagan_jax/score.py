@@ -30,7 +30,6 @@ from sagan_jax.evaluation.evaluator import Evaluator
 
 FLAGS = flags.FLAGS
 EVAL_DIR = "eval"
-_WEIGHTS = {"ema": ("ema_params", "ema_state"), "raw": ("g_params", "g_state")}
 
 
 def define_flags() -> None:
@@ -118,7 +117,7 @@ def evaluate_workdir(workdir: epath.PathLike, step: int | None = None, num_sampl
       FileNotFoundError: no run, no such step, or missing Inception weights.
       ValueError: an unknown generator name.
     """
-    unknown = set(generators) - set(_WEIGHTS)
+    unknown = set(generators) - set(train_step.GENERATORS)
     if unknown:
         raise ValueError(f"unknown --generators {sorted(unknown)}; use ema and/or raw.")
     config = workdir_lib.read_config(workdir)
@@ -158,7 +157,7 @@ def evaluate_workdir(workdir: epath.PathLike, step: int | None = None, num_sampl
             state = ckpts.restore(s, state_like)
             step_rows = []
             for name in generators:
-                params, model_state = (getattr(state, a) for a in _WEIGHTS[name])
+                params, model_state = train_step.g_weights(state, name)
                 scores = evaluator.evaluate(
                     lambda k, y, p=params, m=model_state: gen_fn(p, m, k, y),
                     gan.num_classes, num_samples, key)
