@@ -84,6 +84,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.train.ema_decay = 0.999
     c.train.ema_start = 0
     c.train.sample_with_ema = True
+    # Weight of MSGAN's mode-seeking term in G's loss (not in the original; 0 = off).
+    c.train.mode_seeking = 0.0
     # DiffAugment of everything D sees (not in the original; sagan_jax/augment.py):
     # '' (off) or a comma-separated subset of 'translation,cutout'.
     c.train.augment = ""

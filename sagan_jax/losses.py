@@ -31,6 +31,21 @@ def non_saturating_g_loss(fake_logits: jax.Array) -> jax.Array:
     return jnp.mean(jax.nn.softplus(-fake_logits))
 
 
+def mode_seeking_loss(images: jax.Array, z: jax.Array, eps: float = 1e-5) -> jax.Array:
+    """MSGAN's mode-seeking term over pairs (2k, 2k + 1) of a batch drawn with one label.
+
+    Each pair's ratio of image distance to noise distance (mean absolute differences),
+    r = mean|G(z_a) - G(z_b)| / mean|z_a - z_b|, enters as 1 / (r + eps), averaged
+    over pairs: minimising it spreads a class's images as its noise spreads (Mao et al.,
+    "Mode Seeking Generative Adversarial Networks", 2019). Pairs are per example, so the
+    value does not depend on how the batch is split over devices.
+    """
+    a, b = images[0::2], images[1::2]
+    image_dist = jnp.mean(jnp.abs(a - b), axis=tuple(range(1, a.ndim)))
+    noise_dist = jnp.mean(jnp.abs(z[0::2] - z[1::2]), axis=1)
+    return jnp.mean(1.0 / (image_dist / noise_dist + eps))
+
+
 _LOSSES = {
     "hinge": (hinge_d_loss, hinge_g_loss),
     "non_saturating": (non_saturating_d_loss, non_saturating_g_loss),

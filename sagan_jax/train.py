@@ -35,7 +35,7 @@ from sagan_jax.evaluation.d_diversity import DFeatureDiversity
 from sagan_jax.evaluation.evaluator import Evaluator
 
 GUARDED_LOSSES = ("d_loss", "g_loss")
-G_STEP_METRICS = ("g_loss", "g_grad_norm")
+G_STEP_METRICS = ("g_loss", "g_grad_norm", "g_mode_seeking")
 
 
 @jax.jit

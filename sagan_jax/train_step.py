@@ -197,6 +197,7 @@ def make_per_replica_step(gan: GAN, config: Any, *, steps_per_epoch: int,
     g, d = gan.generator, gan.discriminator
     d_loss_fn, g_loss_fn = losses.get(config.train.loss)
     decay, ema_start = config.train.ema_decay, config.train.ema_start
+    mode_seeking = config.train.mode_seeking
     policy = augment.parse(config.train.augment)
     pmean = functools.partial(lax.pmean, axis_name=parallel.DATA_AXIS)
     cond = lax.cond if _use_cond(skip_with_cond) else _masked_cond
@@ -221,17 +222,20 @@ def make_per_replica_step(gan: GAN, config: Any, *, steps_per_epoch: int,
         def loss_fn(g_params):
             fake, g_state = run_g(g_params, state.g_state, z, y)
             logits, d_state = run_d(state.d_params, state.d_state, d_view(fake, aug_key), y)
-            return g_loss_fn(logits), (g_state, d_state)
+            adversarial = g_loss_fn(logits)
+            seeking = losses.mode_seeking_loss(fake, z) if mode_seeking else jnp.float32(0.0)
+            return adversarial + mode_seeking * seeking, (g_state, d_state, adversarial, seeking)
 
-        (loss, (g_state, d_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g_params)
+        (_, (g_state, d_state, loss, seeking)), grads = jax.value_and_grad(
+            loss_fn, has_aux=True)(state.g_params)
         grads = pmean(grads)
         updates, g_opt = gan.g_tx.update(grads, state.g_opt, state.g_params)
         g_params = optax.apply_updates(state.g_params, updates)
         state = state.replace(g_params=g_params, g_opt=g_opt, g_state=g_state, d_state=d_state)
-        return state, pmean(loss), optax.tree.norm(grads)
+        return state, pmean(loss), pmean(seeking), optax.tree.norm(grads)
 
     def skip_g_step(state, z, y, aug_key):
-        return state, jnp.float32(0.0), jnp.float32(0.0)
+        return state, jnp.float32(0.0), jnp.float32(0.0), jnp.float32(0.0)
 
     def d_step(state, batch, z, y_fake, aug_key):
         fake, g_state = run_g(state.g_params, state.g_state, z, y_fake)
@@ -265,12 +269,22 @@ def make_per_replica_step(gan: GAN, config: Any, *, steps_per_epoch: int,
         step_key = jax.random.fold_in(rng, state.step)
         key_g, key_d = jax.random.split(step_key)
         aug_g, aug_d = jax.random.split(jax.random.fold_in(step_key, 1))
-        indices = _replica_indices(batch["image"].shape[0])
+        local_batch = batch["image"].shape[0]
+        indices = _replica_indices(local_batch)
         z_g, y_g = gan.noise(key_g, indices)
+        if mode_seeking:
+            if local_batch % 2:
+                raise ValueError(
+                    f"train.mode_seeking pairs the examples on each device, but a device "
+                    f"gets {local_batch}; set --config.train.batch_size to an even "
+                    f"multiple of the device count.")
+            if y_g is not None:  # G's pairs (2k, 2k + 1) share a label.
+                y_g = jnp.repeat(y_g[0::2], 2)
         z_d, y_d = gan.noise(key_d, indices)
 
         g_now = update_rule.g_step_now(state.step, state.d_only_left, rule, steps_per_epoch)
-        state, g_loss, g_grad_norm = cond(g_now, g_step, skip_g_step, state, z_g, y_g, aug_g)
+        state, g_loss, g_seeking, g_grad_norm = cond(g_now, g_step, skip_g_step, state, z_g, y_g,
+                                                     aug_g)
         state, stats = d_step(state, batch, z_d, y_d, aug_d)
         # The EMA follows G's updates (as BigGAN's), so its horizon counts G steps.
         state = cond(g_now, update_ema, lambda s: s, state)
@@ -284,6 +298,8 @@ def make_per_replica_step(gan: GAN, config: Any, *, steps_per_epoch: int,
             d_only_left=d_only_left.astype(jnp.float32),
             **_attention_gammas(state.g_params, state.d_params),
         )
+        if mode_seeking:
+            metrics["g_mode_seeking"] = g_seeking
         return state, metrics
 
     return step_fn
@@ -308,8 +324,9 @@ def make_train_step(gan: GAN, config: Any, mesh: Mesh, *, steps_per_epoch: int,
     Returns:
       K = 1: `step(state, batch, rng) -> (state, metrics)`: `state` replicated, `batch`
       the global batch sharded on its first axis, `rng` the run's key (the same every
-      step); `metrics` are scalars (`g_loss` and `g_grad_norm` are 0 where `g_updated`
-      is 0). K > 1: `step(state, batches, rng, count) -> (state, metrics)`: `batches`
+      step); `metrics` are scalars (`g_loss`, G's adversarial loss, and `g_grad_norm`
+      are 0 where `g_updated` is 0; with `train.mode_seeking`, `g_mode_seeking` is the
+      unweighted mode-seeking term). K > 1: `step(state, batches, rng, count) -> (state, metrics)`: `batches`
       K global batches stacked (K, B, ...), sharded on the batch axis, of which the
       first `count` (an int32 scalar, 1 to K) are trained on in order; `metrics` stacked
       (K,), zero beyond `count`.

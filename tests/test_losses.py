@@ -33,3 +33,18 @@ def test_non_saturating_values():
 def test_unknown_loss_is_one_clear_error():
     with pytest.raises(ValueError, match="train.loss"):
         losses.get("wasserstein")
+
+
+def test_mode_seeking_values():
+    """Pair (0, 1): images 1 apart everywhere, noise 2 apart -> ratio 0.5; pair (2, 3):
+    images 0.5 apart in half the pixels (mean 0.25), noise 0.5 apart -> ratio 0.5 too;
+    a collapsed pair (same image) costs 1 / eps."""
+    z = jnp.array([[0.0, 0.0], [2.0, -2.0], [1.0, 1.0], [1.5, 0.5]])
+    images = jnp.zeros((4, 2, 2, 1)).at[1].set(1.0).at[3, 0].set(0.5)
+    assert float(losses.mode_seeking_loss(images, z)) == pytest.approx(1 / (0.5 + 1e-5), rel=1e-6)
+    collapsed = images.at[1].set(0.0)
+    expected = (1 / 1e-5 + 1 / (0.5 + 1e-5)) / 2
+    assert float(losses.mode_seeking_loss(collapsed, z)) == pytest.approx(expected, rel=1e-6)
+    # Each pair's term is its own: any split into whole pairs averages to the same value.
+    halves = [losses.mode_seeking_loss(collapsed[i:i + 2], z[i:i + 2]) for i in (0, 2)]
+    assert float(sum(halves) / 2) == pytest.approx(expected, rel=1e-6)

@@ -1,11 +1,12 @@
 """The compiled train step on the real (tiny) networks: semantics, data parallelism, EMA.
 
 Compiles are the cost on a 2-core CPU, so a few module-scoped runs feed several tests:
-- `run_1dev`: 1-device mesh, synced BN, TTUR with linear scaling, n_dis 2, 3 iterations
-  (G+D, D, G+D), G steps skipped by masking (the CPU default).
+- `run_1dev`: 1-device mesh, synced BN, TTUR with linear scaling, n_dis 2, the
+  mode-seeking term, 3 iterations (G+D, D, G+D), G steps skipped by masking (the CPU
+  default).
 - `run_4dev`: the same on 4 devices.
 - `run_dis`: 4 devices, bfloat16 compute, per-replica BN, D-loss limit 0 and n_dis 2,
-  G steps skipped with `lax.cond` (the accelerator default).
+  no mode-seeking term, G steps skipped with `lax.cond` (the accelerator default).
 """
 import jax
 import jax.numpy as jnp
@@ -17,6 +18,7 @@ from configs import common
 from sagan_jax import gan as gan_lib, parallel, train_step, visualize
 
 NUM_CLASSES, CHANNELS, BATCH = 10, 3, 8
+MODE_SEEKING = 0.5
 STEPS_PER_EPOCH = 100  # Longer than any run here: the capped rule ignores epochs anyway.
 BASE = {
     "model.resolution": 16, "model.width": 1 / 16, "model.z_dim": 16,
@@ -24,6 +26,7 @@ BASE = {
     "optim.lr_scaling": "linear", "optim.base_batch": 16,
     "update_rule.n_dis": 2,
     "train.batch_size": BATCH, "train.ema_decay": 0.9, "train.ema_start": 1,
+    "train.mode_seeking": MODE_SEEKING,
 }
 
 
@@ -98,22 +101,28 @@ def _adam_first_step(params, grads, lr, b1=0.0, b2=0.9, eps=1e-8):
 
 
 def _reference_iteration(cfg, state, batch, rng):
-    """Iteration 0 written plainly on one device: G step, then D step (docs/original.md)."""
+    """Iteration 0 written plainly on one device: G step, then D step (docs/original.md),
+    G's loss with MSGAN's mode-seeking term over pairs of examples (2k, 2k + 1) drawn
+    with the label of example 2k."""
     gan = _gan(cfg)
     # One device, outside shard_map: BN over the whole batch needs no axis to sync over.
     g, d = gan.generator.clone(bn_axis_name=None), gan.discriminator
     key_g, key_d = jax.random.split(jax.random.fold_in(rng, 0))
     idx = jnp.arange(BATCH)
     z, y = gan.noise(key_g, idx)
+    y = y.at[1::2].set(y[0::2])
     z2, y2 = gan.noise(key_d, idx)
     mut = ["batch_stats", "spectral_norm"]
 
     def g_loss(gp):
         fake, gs = g.apply({"params": gp, **state.g_state}, z, y, train=True, mutable=mut)
         logits, ds = d.apply({"params": state.d_params, **state.d_state}, fake, y, train=True, mutable=mut)
-        return -jnp.mean(logits), (gs, ds)
+        pair_ratios = [jnp.mean(jnp.abs(fake[k] - fake[k + 1])) / jnp.mean(jnp.abs(z[k] - z[k + 1]))
+                       for k in range(0, BATCH, 2)]
+        seeking = sum(1 / (r + 1e-5) for r in pair_ratios) / len(pair_ratios)
+        return -jnp.mean(logits) + MODE_SEEKING * seeking, (gs, ds, -jnp.mean(logits), seeking)
 
-    (gl, (gs, ds)), g_grads = jax.value_and_grad(g_loss, has_aux=True)(state.g_params)
+    (_, (gs, ds, gl, seeking)), g_grads = jax.value_and_grad(g_loss, has_aux=True)(state.g_params)
     gp = _adam_first_step(state.g_params, g_grads, 1e-4 * BATCH / 16)
     fake, gs = g.apply({"params": gp, **gs}, z2, y2, train=True, mutable=mut)
 
@@ -124,7 +133,7 @@ def _reference_iteration(cfg, state, batch, rng):
 
     (dl, (ds, real, fk)), d_grads = jax.value_and_grad(d_loss, has_aux=True)(state.d_params)
     dp = _adam_first_step(state.d_params, d_grads, 4e-4 * BATCH / 16)
-    metrics = dict(g_loss=gl, d_loss=dl, d_real=jnp.mean(real), d_fake=jnp.mean(fk),
+    metrics = dict(g_loss=gl, g_mode_seeking=seeking, d_loss=dl, d_real=jnp.mean(real), d_fake=jnp.mean(fk),
                    g_grad_norm=jnp.sqrt(sum(jnp.sum(x ** 2) for x in jax.tree.leaves(g_grads))),
                    d_grad_norm=jnp.sqrt(sum(jnp.sum(x ** 2) for x in jax.tree.leaves(d_grads))))
     return dict(g_params=gp, d_params=dp, g_state=gs, d_state=ds, g_grads=g_grads, d_grads=d_grads), metrics
@@ -223,8 +232,9 @@ def test_ema_arithmetic(run_1dev):
 
 def test_metrics_are_scalars_with_attention_gammas(run_1dev):
     states, metrics, _ = run_1dev
-    expected = {"d_loss", "g_loss", "d_real", "d_fake", "g_updated", "d_only_left", "g_grad_norm",
-                "d_grad_norm", "gamma/g_attention0", "gamma/d_attention0"}
+    expected = {"d_loss", "g_loss", "g_mode_seeking", "d_real", "d_fake", "g_updated",
+                "d_only_left", "g_grad_norm", "d_grad_norm", "gamma/g_attention0",
+                "gamma/d_attention0"}
     assert set(metrics[2]) == expected
     assert all(np.shape(v) == () for m in metrics for v in m.values())
     assert [m["g_updated"] for m in metrics] == [1, 0, 1]   # n_dis 2
@@ -297,7 +307,8 @@ def test_pmap_matches_shard_map(init_state, run_4dev):
 def run_dis(init_state):
     """bfloat16, per-replica BN, n_dis 2 and a D-loss limit of 0 (hinge D loss >= 0)."""
     cfg = _config(**{"model.dtype": "bfloat16", "train.bn_sync": False,
-                     "update_rule.d_loss_limit": 0.0, "update_rule.n_dis": 2})
+                     "update_rule.d_loss_limit": 0.0, "update_rule.n_dis": 2,
+                     "train.mode_seeking": 0.0})
     return (*_run(cfg, init_state, parallel.create_mesh(), 11, skip_with_cond=True), cfg)
 
 
@@ -317,6 +328,7 @@ def test_update_rule_runs_inside_the_step(run_dis):
         assert int(optax.tree.get(after.g_opt, "count")) == sum(g_updated[: i + 1])
         assert int(optax.tree.get(after.d_opt, "count")) == i + 1
         assert metrics[i]["g_loss"] == 0 or updated
+        assert "g_mode_seeking" not in metrics[i]
     np.testing.assert_allclose(states[-1].d_loss_window, [m["d_loss"] for m in metrics[-5:]])
 
 
@@ -400,3 +412,14 @@ def test_several_steps_per_call_are_bit_identical_to_single_steps(init_state, ru
     for got, want in zip(jax.tree.leaves(jax.device_get(at_once)), jax.tree.leaves(plain)):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
     np.testing.assert_array_equal(metrics["g_updated"], [m["g_updated"] for m in run_dis[1][:4]])
+
+
+def test_mode_seeking_needs_pairs_on_every_device(init_state):
+    """A per-device batch of 1 cannot hold a pair: one clear error when the step is traced."""
+    cfg = _config(**{"train.batch_size": 4})
+    mesh = parallel.create_mesh()
+    step = train_step.make_train_step(_gan(cfg), cfg, mesh, steps_per_epoch=STEPS_PER_EPOCH)
+    batch = jax.tree.map(lambda x: x[:4], _batch())
+    with pytest.raises(ValueError, match="even multiple of the device count"):
+        step.lower(jax.device_put(init_state, parallel.replicated_sharding(mesh)),
+                   jax.device_put(batch, parallel.batch_sharding(mesh)), RNG)
