@@ -129,7 +129,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.monitor = ml_collections.ConfigDict()
     c.monitor.d_jump_short = 20  # Steps in the recent mean of D's loss...
     c.monitor.d_jump_long = 500  # ...against the median / MAD of the steps before them.
-    c.monitor.d_jump_threshold = 4.0  # In robust standard deviations; inf = off.
+    c.monitor.d_jump_threshold = 3.0  # In robust standard deviations; inf = off.
     c.monitor.checkpoint_on_jump = True  # An extra checkpoint, kept, where a jump fires.
     # A class whose samples' diversity is below this fraction of its real images' is
     # named as collapsed (computed with every evaluation).
