@@ -3,7 +3,8 @@
 Not in the original. On small datasets D memorises the real images within a few dozen
 epochs and G answers with one image per class (the per-class collapse that the
 original saw on AnimeFace and Flowers, and that the digits quick start shows without
-it). DiffAugment applies the same random transformations to every image D sees, real
+its mode-seeking term; there DiffAugment delayed the collapse but did not prevent it).
+DiffAugment applies the same random transformations to every image D sees, real
 and generated, in D's steps and in G's step: D cannot tell real from fake by the
 transformation, and G, which gets its gradient through the transformation, still
 learns the unaugmented images. `train.augment` is a comma-separated policy:
