@@ -47,24 +47,13 @@ main_flags=()
 # Flags that take a value; --node-rank sets $node_rank and so on.
 value_flags=" --config --workdir --data-dir --nodes --node-rank --coordinator "
 
+# Flags that take no value; --dry-run sets $dry_run to 1.
+switch_flags=" --dry-run --install "
+
 # shellcheck source=launch/common.sh
 source "$(dirname "$0")/common.sh"
 
-while (($#)); do
-  case $1 in
-    --dry-run) dry_run=1 ;;
-    --install) install=1 ;;
-    -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p;}' "$0"; exit 0 ;;
-    --) shift; main_flags=("$@"); break ;;
-    --dry-run=* | --install=*) die "${1%%=*} takes no value" ;;
-    --*=*) set_flag "${1%%=*}" "${1#*=}" ;;
-    *)
-      set_flag "$1" "${2-}"
-      (($# > 1)) || die "$1 needs a value"
-      shift ;;
-  esac
-  shift
-done
+parse_args "$@"
 
 [[ $config ]] || die "set --config or CONFIG, e.g. configs/cifar10.py:case=2"
 [[ -f ${config%%:*} ]] \

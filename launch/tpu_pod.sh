@@ -64,25 +64,13 @@ main_flags=()
 value_flags=" --name --zone --project --accelerator-type --version --repo --config --workdir\
  --data-dir --python "
 
+# Flags that take no value; --dry-run sets $dry_run to 1.
+switch_flags=" --dry-run --spot --logs "
+
 # shellcheck source=launch/common.sh
 source "$(dirname "$0")/common.sh"
 
-while (($#)); do
-  case $1 in
-    --dry-run) dry_run=1 ;;
-    --spot) spot=1 ;;
-    --logs) logs=1 ;;
-    -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p;}' "$0"; exit 0 ;;
-    --) shift; main_flags=("$@"); break ;;
-    --dry-run=* | --spot=* | --logs=*) die "${1%%=*} takes no value" ;;
-    --*=*) set_flag "${1%%=*}" "${1#*=}" ;;
-    *)
-      set_flag "$1" "${2-}"
-      (($# > 1)) || die "$1 needs a value"
-      shift ;;
-  esac
-  shift
-done
+parse_args "$@"
 
 [[ $name ]] || die "set --name or TPU_NAME to the TPU VM's name"
 [[ $name =~ ^[a-z]([-a-z0-9]*[a-z0-9])?$ ]] \

@@ -227,6 +227,18 @@ def test_help_exits_zero():
         assert "--dry-run" in result.stdout and "set -euo" not in result.stdout
 
 
+@pytest.mark.parametrize("script,switch", [(GPU, "--install"), (TPU_POD, "--spot")])
+@pytest.mark.parametrize("args,expected", [
+    (["{switch}=1"], "{switch} takes no value"),
+    (["--config"], "--config needs a value"),
+    (["--colour", "red"], "unknown argument --colour (see --help)"),
+])
+def test_malformed_arguments_one_line(script, switch, args, expected):
+    result = run_script(script, ["--dry-run", *(a.format(switch=switch) for a in args)])
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"{script.name}: error: {expected.format(switch=switch)}"
+
+
 GPU_ARGS = ["--config=configs/cifar10.py:case=2", "--workdir=/runs/cifar10_case2"]
 
 
