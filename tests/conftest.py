@@ -13,7 +13,17 @@ os.environ["XLA_FLAGS"] = (
     " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The CLI runs of the tests do not fill the user's persistent compilation cache
+# (sagan_jax.startup); the tests that check the cache name their own folder.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", "")
 # torchvision / torch-fidelity import triton when it is installed (the CUDA build of
 # torch); triton loaded after TensorFlow crashes the process, and the CPU tests never
 # need it, so it is hidden for the whole session.
 sys.modules.setdefault("triton", None)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "smoke: the subset that CI also runs on the oldest versions that the "
+        "ranges allow and on Python 3.13 (`-m smoke`): the digits test config end to end, "
+        "a resume, the score CLI. Needs neither PyTorch nor the notebook's tools.")

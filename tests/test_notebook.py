@@ -2,10 +2,17 @@
 
 The notebook reads its sizes from SAGAN_NOTEBOOK_* variables, which the kernel inherits
 from this process; it trains `configs/digits.py:test` for 3 steps, shows the newest grid
-and the interpolations, and prints the scores of every checkpoint.
+and the interpolations, and prints the scores of every checkpoint. Where sagan_jax is
+installed, the notebook uses that checkout; where it is not (.ci/run's "preinstalled"
+job, with SAGAN_REPO set to the checkout), the notebook's own cell installs it.
 """
+import ast
 import base64
 import csv
+import fnmatch
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import nbclient
@@ -26,6 +33,11 @@ def text(cell):
                    if out.get("output_type") == "stream")
 
 
+def install_cell(nb):
+    [cell] = [c for c in nb.cells if c.cell_type == "code" and "def accelerator" in c.source]
+    return cell
+
+
 def test_notebook_is_stored_without_outputs():
     nb = nbformat.read(NOTEBOOK, as_version=4)
     nbformat.validate(nb)
@@ -43,6 +55,16 @@ def test_notebook_runs_and_shows_the_grid(tmp_path, monkeypatch):
     client = nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
                                      resources={"metadata": {"path": str(tmp_path)}})
     client.execute()
+
+    # The checkout used is this one; where the cell installed it, it did so with -U and
+    # the extra of the accelerator it found first.
+    lines = text(install_cell(nb)).splitlines()
+    [runtime] = [line.split()[-1] for line in lines if line.startswith("runtime: ")]
+    assert lines[-1] == f"sagan_jax from {REPO}"
+    installs = [shlex.split(line[2:]) for line in lines if " pip install " in line]
+    extra = "" if runtime == "cpu" else f"[{runtime}]"
+    assert installs in ([], [[sys.executable, "-m", "pip", "install", "-q", "-U", "-e",
+                              f"{REPO}{extra}"]])
 
     shown = [image for cell in nb.cells for image in images(cell)]
     newest = sorted((workdir / "samples").glob("step_*.png"))[-1]
@@ -62,3 +84,43 @@ def test_notebook_runs_and_shows_the_grid(tmp_path, monkeypatch):
         fid = lines[header].split().index("FID")
         assert float(cells[fid]) == float(f"{float(row['FID']):.4g}")
     assert printed[-1][0] == "3"
+
+
+class FakeGlob:
+    """Stands in for the glob module, over a given list of device files."""
+
+    def __init__(self, devices):
+        self.devices = devices
+
+    def glob(self, pattern):
+        return fnmatch.filter(self.devices, pattern)
+
+
+def fake_nvidia_smi(directory, output, status):
+    path = directory / "nvidia-smi"
+    path.write_text(f"#!/bin/sh\necho {shlex.quote(output)}\nexit {status}\n")
+    path.chmod(0o755)
+
+
+def test_accelerator_is_found_from_nvidia_smi_and_tpu_device_files(tmp_path, monkeypatch):
+    """The install cell's accelerator(), run with faked listings: nvidia-smi's GPU lines,
+    TPU chips as /dev/accel* (v2 to v4) or /dev/vfio/N (v5e and later)."""
+    source = install_cell(nbformat.read(NOTEBOOK, as_version=4)).source
+    functions = [node for node in ast.parse(source).body if isinstance(node, ast.FunctionDef)]
+    namespace = {"subprocess": subprocess}
+    exec(compile(ast.Module(functions, type_ignores=[]), "install cell", "exec"), namespace)
+    monkeypatch.setenv("PATH", str(tmp_path))
+
+    def found(*devices):
+        namespace["glob"] = FakeGlob(list(devices))
+        return namespace["accelerator"]()
+
+    assert found() == "cpu"  # No nvidia-smi at all.
+    assert found("/dev/accel0", "/dev/accel1") == "tpu"
+    assert found("/dev/vfio/vfio", "/dev/vfio/0") == "tpu"
+    assert found("/dev/vfio/vfio") == "cpu"  # VFIO's control file alone is no TPU.
+    fake_nvidia_smi(tmp_path, "No devices were found", 6)  # A driver without a GPU.
+    assert found() == "cpu"
+    assert found("/dev/vfio/vfio", "/dev/vfio/0") == "tpu"
+    fake_nvidia_smi(tmp_path, "GPU 0: Tesla T4 (UUID: GPU-4b2d4c5e-0f7a-8e1b-3c9d)", 0)
+    assert found() == "gpu"

@@ -52,6 +52,7 @@ def direct_scores(workdir, config, step, weights):
                        jax.random.key(0))
 
 
+@pytest.mark.smoke
 def test_scores_every_checkpoint_with_both_generators(run):
     workdir, config = run
     rows = score.evaluate_workdir(workdir, num_samples=NUM_SAMPLES)
@@ -83,6 +84,7 @@ def test_scores_every_checkpoint_with_both_generators(run):
         assert len(list(csv.DictReader(f))) == 3  # step 3 now holds only the raw row
 
 
+@pytest.mark.smoke
 def test_missing_step_and_missing_run_are_one_line(run, tmp_path):
     workdir, _ = run
     with pytest.raises(FileNotFoundError, match="no checkpoint of step 7") as e:

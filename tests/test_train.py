@@ -61,7 +61,8 @@ def event_tags(workdir):
 
 # AnimeFace's test tree has Flowers' 102 classes, so both 96 px runs share one compilation.
 @pytest.mark.parametrize("name,classes", [
-    ("digits", 10), ("cifar10", 10), ("stl10", 10), ("flowers", 102), ("animeface", 102)])
+    pytest.param("digits", 10, marks=pytest.mark.smoke), ("cifar10", 10), ("stl10", 10),
+    ("flowers", 102), ("animeface", 102)])
 def test_config_test_variant_trains_end_to_end(name, classes, tmp_path):
     config = load(name)
     if name == "digits":  # The quick start's hook: digits-net scores at step 2 and the end.
@@ -120,6 +121,7 @@ def reference_run(tmp_path_factory):
     return workdir, jax.device_get(state)
 
 
+@pytest.mark.smoke
 def test_resume_reaches_the_same_state_bit_for_bit(reference_run, tmp_path):
     _, expected = reference_run
     workdir = str(tmp_path)
