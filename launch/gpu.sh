@@ -10,10 +10,13 @@
 # its own --node-rank (0..N-1) and the same --coordinator, the address of node 0 and a
 # free port there; the workdir must be one that every machine sees (gs:// or shared disk).
 # Each command is printed as "+ command" before it runs:
-#   1. with --install: `pip install -e ".[gpu]"` (JAX's CUDA build);
+#   1. with --install: a venv (--venv) on $PYTHON, which must be 3.11 or newer, made by uv
+#      where it is on PATH, else by `python -m venv`; then `pip install -e ".[gpu]"`
+#      (JAX's CUDA build) into it. Nothing goes into the system's Python (PEP 668).
 #   2. a check that JAX sees a GPU (without the CUDA build it falls back to the CPU);
 #   3. `python -m sagan_jax.main ...`, with --coordinator_address, --num_processes and
 #      --process_id when --nodes > 1.
+# Steps 2 and 3 use the venv's python where the venv exists, else $PYTHON.
 #
 # Options (flag, or environment variable):
 #   --config CONFIG          CONFIG        e.g. configs/cifar10.py:case=2
@@ -22,12 +25,14 @@
 #   --nodes N                NUM_NODES     machines in the run (default 1)
 #   --node-rank I            NODE_RANK     this machine's index, 0..N-1
 #   --coordinator HOST:PORT  COORDINATOR   node 0's address and a free port
-#   --install                              pip install the project with the CUDA build of JAX
+#   --venv DIR               VENV          the venv (default: .venv in the repository)
+#   --install                              install the project with JAX's CUDA build
 #   --dry-run                              print the commands, run none
 #   -h, --help                             this text
 #   -- MAIN_FLAGS                          more flags for sagan_jax.main
-# The Python interpreter is $PYTHON (default python3). A parameter that is missing or
-# malformed stops the script with one line (exit 2). Rerun the same command to resume.
+# $PYTHON (default python3) is the interpreter that --install makes the venv on. A
+# parameter that is missing or malformed, or a $PYTHON older than 3.11, stops the script
+# with one line (exit 2). Rerun the same command to resume.
 set -euo pipefail
 
 me="$(basename "$0")"
@@ -40,12 +45,13 @@ nodes="${NUM_NODES:-1}"
 node_rank="${NODE_RANK:-}"
 coordinator="${COORDINATOR:-}"
 python="${PYTHON:-python3}"
+venv="${VENV:-$repo/.venv}"
 install=0
 dry_run=0
 main_flags=()
 
 # Flags that take a value; --node-rank sets $node_rank and so on.
-value_flags=" --config --workdir --data-dir --nodes --node-rank --coordinator "
+value_flags=" --config --workdir --data-dir --nodes --node-rank --coordinator --venv "
 
 # Flags that take no value; --dry-run sets $dry_run to 1.
 switch_flags=" --dry-run --install "
@@ -72,15 +78,39 @@ else
     die "--node-rank '$node_rank' must be one of 0..$((nodes - 1))"
   fi
 fi
-((dry_run)) || command -v "$python" >/dev/null || die "no $python: set PYTHON to the interpreter"
+uv="$(command -v uv || true)"  # uv makes venvs without ensurepip, which Debian splits off.
+made=0  # Whether the venv is there already.
+[[ ! -x $venv/bin/python ]] || made=1
+if ((install && !made && !dry_run)); then
+  command -v "$python" >/dev/null || die "no $python: set PYTHON to a Python 3.11 or newer"
+  at="$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true)"
+  [[ $at =~ ^3\.(1[1-9]|[2-9][0-9])$ ]] || die "$python is Python ${at:-of unknown version};\
+ sagan_jax needs 3.11 or newer: set PYTHON to one, e.g. PYTHON=python3.12 (uv python install 3.12)"
+  [[ $uv ]] || "$python" -c 'import ensurepip' 2>/dev/null || die "$python cannot make a venv\
+ (no ensurepip): install uv (https://docs.astral.sh/uv) or apt install python$at-venv"
+fi
+if ((install || made)); then
+  run_python="$venv/bin/python"
+else
+  run_python="$python"
+  ((dry_run)) || command -v "$python" >/dev/null \
+    || die "no $python: set PYTHON to the interpreter, or make a venv with --install"
+fi
 
 ((!dry_run)) || echo "# dry run: the commands are printed, none is run"
-((!install)) || run "$python" -m pip install -e "${repo}[gpu]"
+if ((install && !made)); then
+  if [[ $uv ]]; then run uv venv --python "$python" "$venv"; else run "$python" -m venv "$venv"; fi
+fi
+if ((install)) && [[ $uv ]]; then
+  run uv pip install --python "$run_python" -e "${repo}[gpu]"
+elif ((install)); then
+  run "$run_python" -m pip install -e "${repo}[gpu]"
+fi
 check='import sys, jax; jax.default_backend() == "gpu" or sys.exit('
 check+='"JAX sees no GPU: install its CUDA build with launch/gpu.sh --install"); '
 check+='print("JAX sees", jax.local_device_count(), "x", jax.devices()[0].device_kind)'
-run "$python" -c "$check"
-main=("$python" -m sagan_jax.main --config="$config" --workdir="$workdir")
+run "$run_python" -c "$check"
+main=("$run_python" -m sagan_jax.main --config="$config" --workdir="$workdir")
 [[ -z $data_dir ]] || main+=(--config.data.data_dir="$data_dir")
 if ((nodes > 1)); then
   main+=(--coordinator_address="$coordinator" --num_processes="$nodes"

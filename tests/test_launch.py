@@ -1,98 +1,15 @@
-"""launch/tpu_pod.sh and launch/gpu.sh: the commands they print, run and refuse.
-
-`--dry-run` must print what a real run executes, so each script is also run for real
-with stand-ins for `gcloud` and `python3` that record their arguments: the recorded
-calls must equal the dry run's printed lines, parsed as a shell parses them.
+"""launch/tpu_pod.sh (a slice created at once) and launch/gpu.sh: the commands they
+print, run and refuse. The queued slice and the workers' steps: test_launch_workers.py.
 """
-import json
 import os
-import shlex
 import subprocess
-import sys
 import tarfile
 import time
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-TPU_POD = REPO / "launch" / "tpu_pod.sh"
-GPU = REPO / "launch" / "gpu.sh"
-V4_32 = ["--name=sagan-v4", "--zone=us-central2-b", "--project=my-project",
-         "--accelerator-type=v4-32", "--config=configs/cifar10.py:case=2",
-         "--workdir=gs://my-bucket/cifar10_case2", "--data-dir=gs://tfds-data/datasets"]
-# The scripts' parameters that the environment can set, cleared for every test.
-PARAMETER_VARIABLES = ("TPU_NAME", "ZONE", "PROJECT", "ACCELERATOR_TYPE", "RUNTIME_VERSION",
-                       "REPO", "CONFIG", "WORKDIR", "DATA_DIR", "PYTHON_VERSION", "NUM_NODES",
-                       "NODE_RANK", "COORDINATOR", "PYTHON")
-# Records its arguments as one JSON line; `describe` answers with $FAKE_STATE.
-RECORDER = """#!{python}
-import json, os, sys
-with open(os.environ["RECORD"], "a") as f:
-    f.write(json.dumps(sys.argv[1:]) + "\\n")
-if sys.argv[1:5] == ["compute", "tpus", "tpu-vm", "describe"]:
-    state = os.environ.get("FAKE_STATE", "")
-    print(state)
-    sys.exit(0 if state else 1)
-"""
-
-
-def run_script(script, args, env=None, cwd=REPO):
-    base = {k: v for k, v in os.environ.items() if k not in PARAMETER_VARIABLES}
-    return subprocess.run(["bash", str(script), *args], capture_output=True, text=True,
-                          cwd=cwd, env={**base, **(env or {})}, timeout=120)
-
-
-def commands(stdout):
-    """The printed commands ('+ ' lines) as argument lists."""
-    return [shlex.split(line[2:]) for line in stdout.splitlines() if line.startswith("+ ")]
-
-
-def gcloud_calls(stdout, verb):
-    """The printed `gcloud compute tpus tpu-vm VERB ...` commands."""
-    prefix = ["gcloud", "compute", "tpus", "tpu-vm", verb]
-    return [c for c in commands(stdout) if c[:5] == prefix]
-
-
-def remote(call):
-    """The shell command that an `ssh ... --command CMD` call runs on the workers."""
-    return call[call.index("--command") + 1]
-
-
-@pytest.fixture
-def recorder(tmp_path):
-    """A bin/ folder with stand-in `gcloud` and `python3`, and the file they record to."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name in ("gcloud", "python3"):
-        path = bin_dir / name
-        path.write_text(RECORDER.format(python=sys.executable))
-        path.chmod(0o755)
-    record = tmp_path / "calls.jsonl"
-    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "RECORD": str(record),
-           "TMPDIR": str(tmp_path)}
-
-    def calls():
-        if not record.exists():
-            return []
-        return [json.loads(line) for line in record.read_text().splitlines()]
-
-    return env, calls
-
-
-@pytest.fixture
-def checkout(tmp_path):
-    """A small git checkout: tracked, untracked and ignored files."""
-    root = tmp_path / "checkout"
-    for rel in ("setup.py", "configs/cifar10.py", "sagan_jax/main.py", "notes.txt",
-                ".venv/lib/big.bin", "sagan_jax/__pycache__/main.pyc"):
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text(rel)
-    (root / ".gitignore").write_text(".venv/\n__pycache__/\n")
-    subprocess.run(["git", "init", "-q", str(root)], check=True)
-    subprocess.run(["git", "-C", str(root), "add", "setup.py", "configs", "sagan_jax/main.py"],
-                   check=True)
-    return root
+from launch_fakes import GPU, REPO, TPU_POD, V4_32, commands, gcloud_calls, remote, run_script
+from launch_fakes import checkout, recorder  # noqa: F401 -- fixtures.
 
 
 def test_tpu_pod_dry_run_v4_32(recorder):
@@ -112,18 +29,19 @@ def test_tpu_pod_dry_run_v4_32(recorder):
     archive = f"{env['TMPDIR']}/sagan_jax-sagan-v4.tgz"
     [scp] = gcloud_calls(out, "scp")
     assert scp[5:] == [archive, "sagan-v4:sagan_jax.tgz", *where, "--worker=all"]
-    install, start, logs = gcloud_calls(out, "ssh")
-    for call in (install, start, logs):
+    install, check, start, logs = gcloud_calls(out, "ssh")
+    for call in (install, check, start, logs):
         assert call[5:9] == ["sagan-v4", *where, "--worker=all"]
     assert 'pip install -q -e ".[tpu]"' in remote(install)
     assert "tar -xzf ~/sagan_jax.tgz -C ~/sagan_jax" in remote(install)
+    assert "JAX_PLATFORMS=tpu ~/sagan_jax_venv/bin/python -c" in remote(check)
     assert ("nohup ~/sagan_jax_venv/bin/python -m sagan_jax.main"
             " --config=configs/cifar10.py:case=2 --workdir=gs://my-bucket/cifar10_case2"
-            " --config.data.data_dir=gs://tfds-data/datasets > ~/sagan_jax.log") in remote(start)
+            " --config.data.data_dir=gs://my-bucket/tfds > ~/sagan_jax.log") in remote(start)
     assert remote(logs).startswith("tail -n +1 -F ~/sagan_jax.log")
-    # The order of the steps: slice, copy, install, start, logs.
+    # The order of the steps: slice, copy, install, check, start, logs.
     lines = [line for line in out.splitlines() if line.startswith("+ ")]
-    order = [lines.index("+ " + shlex.join(c)) for c in (create, scp, install, start, logs)]
+    order = [commands(out).index(c) for c in (create, scp, install, check, start, logs)]
     assert order == sorted(order)
     assert f"| tar -czf {archive} -C {REPO} --null -T -" in lines[order[0] + 1]
 
@@ -131,7 +49,7 @@ def test_tpu_pod_dry_run_v4_32(recorder):
 def test_tpu_pod_parameters_from_environment():
     env = {"TPU_NAME": "sagan-v4", "ZONE": "us-central2-b", "PROJECT": "my-project",
            "ACCELERATOR_TYPE": "v4-32", "CONFIG": "configs/cifar10.py:case=2",
-           "WORKDIR": "gs://my-bucket/cifar10_case2", "DATA_DIR": "gs://tfds-data/datasets"}
+           "WORKDIR": "gs://my-bucket/cifar10_case2", "DATA_DIR": "gs://my-bucket/tfds"}
     by_env = run_script(TPU_POD, ["--dry-run", "--logs"], env)
     by_flags = run_script(TPU_POD, ["--dry-run", "--logs", *V4_32])
     assert by_env.returncode == 0, by_env.stderr
@@ -140,7 +58,7 @@ def test_tpu_pod_parameters_from_environment():
 
 def test_tpu_pod_without_logs_streams_nothing():
     out = run_script(TPU_POD, ["--dry-run", *V4_32]).stdout
-    assert [remote(c).split()[0] for c in gcloud_calls(out, "ssh")] == ["set", "cd"]
+    assert [remote(c).split()[0] for c in gcloud_calls(out, "ssh")] == ["set", "cd", "cd"]
 
 
 def test_tpu_pod_git_url_spot_and_main_flags():
@@ -153,17 +71,20 @@ def test_tpu_pod_git_url_spot_and_main_flags():
     assert create[-3:] == ["--accelerator-type=v5litepod-16",
                            "--version=v2-alpha-tpuv5-lite", "--spot"]
     assert gcloud_calls(result.stdout, "scp") == []
-    install, start = gcloud_calls(result.stdout, "ssh")
+    install, _, start = gcloud_calls(result.stdout, "ssh")
     assert "git clone https://example.org/sagan_jax.git ~/sagan_jax" in remote(install)
-    assert "--python 3.11 ~/sagan_jax_venv" in remote(install)
-    assert "--config.data.data_dir=gs://tfds-data/datasets --config.train.batch_size=512 >" \
+    # The image's Python 3.11 where it has one, else a downloaded one.
+    assert ("uv venv -q --seed --python-preference only-system --python 3.11 ~/sagan_jax_venv"
+            " || ~/.local/bin/uv venv -q --seed --python-preference only-managed --python 3.11"
+            " ~/sagan_jax_venv;") in remote(install)
+    assert "--config.data.data_dir=gs://my-bucket/tfds --config.train.batch_size=512 >" \
         in remote(start)
 
 
 @pytest.mark.parametrize("state, verbs", [
-    ("", ["describe", "create", "scp", "ssh", "ssh", "ssh"]),
-    ("READY", ["describe", "scp", "ssh", "ssh", "ssh"]),
-    ("PREEMPTED", ["describe", "delete", "create", "scp", "ssh", "ssh", "ssh"]),
+    ("", ["describe", "create", "scp", "ssh", "ssh", "ssh", "ssh"]),
+    ("READY", ["describe", "scp", "ssh", "ssh", "ssh", "ssh"]),
+    ("PREEMPTED", ["describe", "delete", "create", "scp", "ssh", "ssh", "ssh", "ssh"]),
 ])
 def test_tpu_pod_runs_what_the_dry_run_prints(recorder, checkout, state, verbs):
     env, calls = recorder
@@ -194,6 +115,10 @@ def test_tpu_pod_runs_what_the_dry_run_prints(recorder, checkout, state, verbs):
     (["--config=configs/nope.py"], "configs/nope.py"),
     (["--repo=/does/not/exist"], "--repo"),
     (["--python=3.10"], "3.11"),
+    (["--python=python3.12"], "--python"),
+    (["--poll=soon"], "--poll"),
+    (["--data-dir=gs://tfds-data/datasets"], "try_gcs"),
+    (["--data-dir=gs://tfds-data"], "read-only"),
     (["--accelerator-type=v7-8"], "--version"),
     (["--bogus=1"], "--bogus"),
     (["extra"], "extra"),
@@ -242,8 +167,9 @@ def test_malformed_arguments_one_line(script, switch, args, expected):
 GPU_ARGS = ["--config=configs/cifar10.py:case=2", "--workdir=/runs/cifar10_case2"]
 
 
-def test_gpu_one_machine_dry_run():
-    result = run_script(GPU, ["--dry-run", *GPU_ARGS, "--", "--config.train.batch_size=128"])
+def test_gpu_one_machine_dry_run(tmp_path):
+    args = ["--dry-run", *GPU_ARGS, "--", "--config.train.batch_size=128"]
+    result = run_script(GPU, args, {"VENV": str(tmp_path / "no-venv")})
     assert result.returncode == 0, result.stderr
     check, main = commands(result.stdout)
     assert check[:2] == ["python3", "-c"] and 'default_backend() == "gpu"' in check[2]
@@ -251,18 +177,22 @@ def test_gpu_one_machine_dry_run():
                     "--workdir=/runs/cifar10_case2", "--config.train.batch_size=128"]
 
 
-def test_gpu_install_and_multi_node_dry_run():
-    args = ["--dry-run", "--install", *GPU_ARGS, "--data-dir=gs://tfds-data/datasets",
+def test_gpu_install_and_multi_node_dry_run(recorder):
+    env, calls = recorder
+    args = ["--dry-run", "--install", *GPU_ARGS, "--data-dir=gs://my-bucket/tfds",
             "--nodes=2", "--node-rank=1", "--coordinator=10.0.0.2:1234"]
-    result = run_script(GPU, args, {"PYTHON": "python3.12"})
+    result = run_script(GPU, args, {**env, "PYTHON": "python3.12"})
     assert result.returncode == 0, result.stderr
-    install, _, main = commands(result.stdout)
-    assert install == ["python3.12", "-m", "pip", "install", "-e", f"{REPO}[gpu]"]
-    assert main[1:] == ["-m", "sagan_jax.main", "--config=configs/cifar10.py:case=2",
-                        "--workdir=/runs/cifar10_case2",
-                        "--config.data.data_dir=gs://tfds-data/datasets",
-                        "--coordinator_address=10.0.0.2:1234", "--num_processes=2",
-                        "--process_id=1"]
+    assert calls() == []
+    venv_python = f"{env['VENV']}/bin/python"
+    make, install, check, main = commands(result.stdout)
+    assert make == ["python3.12", "-m", "venv", env["VENV"]]
+    assert install == [venv_python, "-m", "pip", "install", "-e", f"{REPO}[gpu]"]
+    assert check[0] == venv_python
+    assert main == [venv_python, "-m", "sagan_jax.main", "--config=configs/cifar10.py:case=2",
+                    "--workdir=/runs/cifar10_case2", "--config.data.data_dir=gs://my-bucket/tfds",
+                    "--coordinator_address=10.0.0.2:1234", "--num_processes=2",
+                    "--process_id=1"]
 
 
 def test_gpu_runs_what_the_dry_run_prints(recorder):
@@ -273,7 +203,63 @@ def test_gpu_runs_what_the_dry_run_prints(recorder):
     assert real.returncode == 0, real.stderr
     assert commands(real.stdout) == commands(dry.stdout)
     assert calls() == [c[1:] for c in commands(dry.stdout)]
-    assert len(calls()) == 3
+    assert [c[:2] for c in calls()] == [["-m", "venv"], ["-m", "pip"], ["-c", dry_check(dry)],
+                                        ["-m", "sagan_jax.main"]]
+    # Made once: later runs, with --install or without, use the venv's python.
+    for again in (args, args[1:]):
+        rerun = run_script(GPU, again, env)
+        assert {c[0] for c in commands(rerun.stdout)} == {f"{env['VENV']}/bin/python"}
+        assert ["-m", "venv"] not in [c[:2] for c in commands(rerun.stdout)]
+
+
+def dry_check(result):
+    """The source of the GPU check in a run's printed commands."""
+    return next(c[2] for c in commands(result.stdout) if c[1] == "-c")
+
+
+def test_gpu_install_with_uv(recorder):
+    """Where uv is on PATH, it makes the venv (no ensurepip needed) and installs into it."""
+    env, calls = recorder
+    bin_dir = Path(env["PATH"].split(os.pathsep)[0])
+    (bin_dir / "uv").write_text((bin_dir / "python3").read_text())
+    (bin_dir / "uv").chmod(0o755)
+    result = run_script(GPU, ["--install", *GPU_ARGS], env)
+    assert result.returncode == 0, result.stderr
+    venv_python = f"{env['VENV']}/bin/python"
+    assert commands(result.stdout)[:2] == [
+        ["uv", "venv", "--python", "python3", env["VENV"]],
+        ["uv", "pip", "install", "--python", venv_python, "-e", f"{REPO}[gpu]"]]
+    assert calls() == [c[1:] for c in commands(result.stdout)]
+
+
+@pytest.mark.parametrize("fake, expected", [
+    ({"FAKE_PYTHON_VERSION": "3.10"}, "python3 is Python 3.10; sagan_jax needs 3.11 or newer:"
+                                      " set PYTHON to one, e.g. PYTHON=python3.12"),
+    ({"FAKE_PYTHON_VERSION": "2.7"}, "python3 is Python 2.7; sagan_jax needs 3.11 or newer"),
+    ({"FAKE_ENSUREPIP": "0"}, "python3 cannot make a venv (no ensurepip): install uv"),
+])
+def test_gpu_install_checks_the_interpreter(recorder, fake, expected):
+    """Before anything runs: one line, exit 2, and no venv."""
+    env, calls = recorder
+    result = run_script(GPU, ["--install", *GPU_ARGS], {**env, **fake})
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith(f"gpu.sh: error: {expected}")
+    assert calls() == []
+    assert not Path(env["VENV"]).exists()
+
+
+def test_gpu_install_into_an_existing_venv_skips_the_check(recorder):
+    """The venv's own Python was checked when it was made; $PYTHON is not asked again."""
+    env, calls = recorder
+    first = run_script(GPU, ["--install", *GPU_ARGS], env)
+    assert first.returncode == 0, first.stderr
+    again = run_script(GPU, ["--install", *GPU_ARGS], {**env, "FAKE_PYTHON_VERSION": "3.10"})
+    assert again.returncode == 0, again.stderr
+    assert [c[:2] for c in commands(again.stdout)] == [
+        [f"{env['VENV']}/bin/python", "-m"], [f"{env['VENV']}/bin/python", "-c"],
+        [f"{env['VENV']}/bin/python", "-m"]]
 
 
 @pytest.mark.parametrize("args, expected", [
@@ -308,7 +294,7 @@ def test_tpu_pod_start_command_on_a_worker(tmp_path):
     """The start command, run in a stand-in home: detaches, records the pid, logs, and
     refuses to start a second run while the first is going."""
     out = run_script(TPU_POD, ["--dry-run", *V4_32]).stdout
-    start = remote(gcloud_calls(out, "ssh")[1])
+    start = remote(gcloud_calls(out, "ssh")[2])
     python = tmp_path / "sagan_jax_venv" / "bin" / "python"
     python.parent.mkdir(parents=True)
     python.write_text('#!/usr/bin/env bash\necho "args: $*"\nexec sleep 60\n')
