@@ -62,7 +62,8 @@ def main(argv):
     from sagan_jax import checkpointing, train  # pylint: disable=g-import-not-at-top
 
     try:
-        startup.init(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+        startup.init(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                     FLAGS.allow_cpu, FLAGS.config.train.compile_cache_dir)
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except checkpointing.Preempted as e:
         print(f"stopped: {e}", file=sys.stderr)

@@ -7,26 +7,27 @@ scores. Beside it, `FILE_scores.png` (IS and FID over training) and `FILE_losses
 (D and G loss), all runs overlaid. It reads only what runs wrote: `config.json`,
 `eval/scores.csv` (from `sagan_jax.score`) when present, else the in-training scores
 `eval/<G>/IS|FID` of the run's TensorBoard events, and `train/d_loss`, `train/g_loss`
-from those events.
+from those events. Workdirs and the output may be buckets (gs://...).
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
-import os
 import re
 import sys
 from typing import Any
 
 import numpy as np
 from absl import app, flags
+from etils import epath
 
 FLAGS = flags.FLAGS
 
 CONFIG_FILE = "config.json"
-SCORES_CSV = os.path.join("eval", "scores.csv")
+SCORES_CSV = "eval/scores.csv"
 SCORES = ("IS", "FID")
 LOSSES = ("d_loss", "g_loss")
 # Settings that name places on disk, not experiments: never a column.
@@ -127,7 +128,7 @@ def _float(text: str | None) -> float:
         return math.nan
 
 
-def read_scores_csv(path: str, generator: str) -> tuple[dict[str, Curve], str]:
+def read_scores_csv(path: epath.PathLike, generator: str) -> tuple[dict[str, Curve], str]:
     """IS and FID curves of `generator` (else of the other one) from a scores.csv.
 
     When a step was scored with several sample counts, only the largest count is used
@@ -137,8 +138,7 @@ def read_scores_csv(path: str, generator: str) -> tuple[dict[str, Curve], str]:
       ({'IS': curve, 'FID': curve} for the columns present, a description of the
       source); ({}, '') when the file has no rows.
     """
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = list(csv.DictReader(io.StringIO(epath.Path(path).read_text())))
     present = {r.get("generator") for r in rows}
     gen = generator if generator in present else next(iter(sorted(present - {None})), None)
     rows = [r for r in rows if r.get("generator") == gen]
@@ -161,16 +161,15 @@ def load_run(workdir: str, generator: str = "ema", name: str | None = None) -> R
     Raises:
       FileNotFoundError: `workdir` has no config.json.
     """
-    config_path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.isfile(config_path):
+    config_path = epath.Path(workdir) / CONFIG_FILE
+    if not config_path.exists():
         raise FileNotFoundError(f"{workdir} has no {CONFIG_FILE}; pass the --workdir of "
                                 "training runs (sagan_jax.main writes it at the start).")
-    with open(config_path) as f:
-        settings = flatten(json.load(f))
+    settings = flatten(json.loads(config_path.read_text()))
     events = read_scalars(workdir)
     scores, scored = {}, ""
-    csv_path = os.path.join(workdir, SCORES_CSV)
-    if os.path.isfile(csv_path):
+    csv_path = epath.Path(workdir) / SCORES_CSV
+    if csv_path.exists():
         scores, scored = read_scores_csv(csv_path, generator)
     if not scores:
         for gen in (generator, "raw" if generator == "ema" else "ema"):
@@ -180,7 +179,7 @@ def load_run(workdir: str, generator: str = "ema", name: str | None = None) -> R
                 scored = f"{gen}, {f'{samples} samples, ' if samples else ''}training log"
                 break
     losses = {k: events[f"train/{k}"] for k in LOSSES if f"train/{k}" in events}
-    return Run(name or os.path.basename(os.path.normpath(workdir)), workdir, settings,
+    return Run(name or epath.Path(workdir).name, workdir, settings,
                scores, scored, losses)
 
 
@@ -243,7 +242,8 @@ def markdown_table(runs: list[Run]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_curves(runs: list[Run], panels: list[tuple[str, str, str]], path: str) -> bool:
+def plot_curves(runs: list[Run], panels: list[tuple[str, str, str]],
+                path: epath.PathLike) -> bool:
     """One figure, a panel per (group, key, title), every run overlaid; False if no data.
 
     `group` is 'scores' or 'losses', the Run attribute that holds the curve `key`.
@@ -265,13 +265,14 @@ def plot_curves(runs: list[Run], panels: list[tuple[str, str, str]], path: str) 
         ax.grid(alpha=0.3)
         if ax.has_data():
             ax.legend(fontsize="small")
-    fig.savefig(path, dpi=100)
+    with epath.Path(path).open("wb") as f:
+        fig.savefig(f, format="png", dpi=100)
     return True
 
 
 def _case_names(workdirs: list[str]) -> list[str]:
     """Workdir names; the paths as given where two runs share a name."""
-    names = [os.path.basename(os.path.normpath(w)) for w in workdirs]
+    names = [epath.Path(w).name for w in workdirs]
     return [w if names.count(n) > 1 else n for w, n in zip(workdirs, names)]
 
 
@@ -285,9 +286,8 @@ def write_report(workdirs: list[str], out: str, generator: str = "ema") -> str:
     if not workdirs:
         raise ValueError("no runs to compare; pass --workdirs DIR [DIR ...].")
     runs = [load_run(w, generator, n) for w, n in zip(workdirs, _case_names(workdirs))]
-    out = os.path.abspath(out)
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    stem = os.path.splitext(out)[0]
+    out = epath.Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     parts = ["# Runs compared", "", markdown_table(runs)]
     parts += [f"- {r.name}: `{r.workdir}`" for r in runs] + [""]
     figures = [
@@ -297,12 +297,11 @@ def write_report(workdirs: list[str], out: str, generator: str = "ema") -> str:
          "D and G loss"),
     ]
     for suffix, panels, caption in figures:
-        path = f"{stem}_{suffix}.png"
+        path = out.parent / f"{out.stem}_{suffix}.png"
         if plot_curves(runs, panels, path):
-            parts += [f"![{caption} over training]({os.path.basename(path)})", ""]
+            parts += [f"![{caption} over training]({path.name})", ""]
     text = "\n".join(parts)
-    with open(out, "w") as f:
-        f.write(text)
+    out.write_text(text)
     return text
 
 

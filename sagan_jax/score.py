@@ -185,7 +185,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
-        startup.init(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+        startup.init(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                     FLAGS.allow_cpu, startup.compile_cache_setting(FLAGS.workdir))
         rows = evaluate_workdir(FLAGS.workdir, FLAGS.step, FLAGS.num_samples, FLAGS.splits,
                                 tuple(FLAGS.generators), FLAGS.seed)
     except (ValueError, OSError) as e:

@@ -8,15 +8,29 @@
 - TensorFlow only decodes data and writes TensorBoard logs: it is kept off the GPUs,
   which belong to JAX (TF would otherwise reserve their memory), before anything
   imports it.
-- orbax's INFO lines (dozens per save) are dropped from the log; its warnings stay.
+- One line says what runs: the versions of JAX and Flax, the backend, its devices and
+  the processes. A machine whose GPU or TPU JAX cannot use (a CPU-only or mismatched JAX
+  install) stops with the install that fixes it, unless `--allow_cpu`.
+- JAX's persistent compilation cache is switched on (`compilation_cache_dir`), so a
+  repeated or resumed run loads its compiled programs instead of compiling them again.
+- The start is quiet: what TensorFlow's runtime prints on every start (its oneDNN banner,
+  its CUDA probe failing on a machine without a GPU) and the INFO lines of orbax (dozens
+  per save) and of JAX's backend search are dropped; warnings and errors stay.
 """
 from __future__ import annotations
 
+import contextlib
 import logging as pylogging
 import os
-from typing import Mapping
+import re
+import sys
+import tempfile
+import warnings
+from typing import Mapping, Sequence
 
 from absl import flags, logging
+
+from sagan_jax import backend
 
 # Environment variables that stand for the three flags (JAX itself reads the first).
 ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
@@ -24,8 +38,13 @@ ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
 ENV_PROCESS_ID = "JAX_PROCESS_ID"
 
 
-def define_flags() -> None:
-    """The multi-process flags that `sagan_jax.main` and `sagan_jax.score` share."""
+def define_flags(processes: bool = True) -> None:
+    """The flags of the CLIs: --allow_cpu, and, with `processes`, the multi-process flags
+    that `sagan_jax.main` and `sagan_jax.score` share."""
+    flags.DEFINE_bool("allow_cpu", False,
+                      "Run on the CPU although this machine has a GPU or TPU that JAX cannot use.")
+    if not processes:
+        return
     flags.DEFINE_string(
         "coordinator_address", None,
         f"HOST:PORT of process 0, for a run of several processes (GPU nodes); or "
@@ -125,23 +144,121 @@ def distributed_args(coordinator_address: str | None = None, num_processes: int 
     return {name: v for name, v in given.items() if v is not None}
 
 
-class _OrbaxInfoFilter(pylogging.Filter):
+# Lines that TensorFlow's runtime writes on every start, whatever the machine: its oneDNN
+# and CPU-instruction banners, and its CUDA probe failing where no NVIDIA driver is
+# installed (TF never uses a GPU here). Its other lines, errors included, are kept.
+_TF_NOISE = re.compile(
+    r"oneDNN custom operations are on|All log messages before absl::InitializeLog|"
+    r"Could not find cuda drivers|cpu_feature_guard\.cc|rebuild TensorFlow with the appropriate "
+    r"compiler flags|failed call to cuInit")
+
+
+class _QuietFilter(pylogging.Filter):
+    """Drops the INFO lines of orbax (dozens per save) and of JAX's backend search (which
+    the start-up line replaces), and orbax's notice that it registered a type twice."""
+
     def filter(self, record: pylogging.LogRecord) -> bool:
-        return (record.levelno >= pylogging.WARNING
-                or f"{os.sep}orbax{os.sep}" not in record.pathname)
+        from_orbax = f"{os.sep}orbax{os.sep}" in record.pathname
+        if record.levelno >= pylogging.WARNING:
+            return not (from_orbax and str(record.msg).startswith("Type handler registry"))
+        return not (from_orbax or record.name.startswith("jax._src.xla_bridge"))
+
+
+@contextlib.contextmanager
+def _filtered_stderr(noise: re.Pattern):
+    """Holds back what is written to file descriptor 2 (C++ libraries' logs too), then
+    writes it out without the lines that match `noise`."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            kept = [line for line in held.read().decode(errors="replace").splitlines(True)
+                    if not noise.search(line)]
+            sys.stderr.write("".join(kept))
+            sys.stderr.flush()
 
 
 def hide_gpus_from_tensorflow() -> None:
-    """Makes TensorFlow (when installed) see no GPU; a no-op once TF has started its devices."""
-    try:
-        import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    except ImportError:
-        return
-    try:
-        tf.config.set_visible_devices([], "GPU")
-    except RuntimeError:
-        # TF's devices were initialised already; the setting can no longer change.
-        pass
+    """Imports TensorFlow (when installed) without its start-up noise, and makes it see
+    no GPU; a no-op once TF has started its devices.
+
+    TF's own INFO lines are switched off unless `TF_CPP_MIN_LOG_LEVEL` says otherwise.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    with _filtered_stderr(_TF_NOISE), warnings.catch_warnings():
+        # TF 2.20's compiled protos under protobuf 6, one warning per file (dozens): a
+        # combination that protobuf supports, and nothing the user can act on.
+        warnings.filterwarnings("ignore", "Protobuf gencode version .* exactly one major "
+                                "version older", UserWarning)
+        try:
+            import tensorflow as tf  # pylint: disable=g-import-not-at-top
+        except ImportError:
+            return
+        try:
+            tf.config.set_visible_devices([], "GPU")
+        except RuntimeError:
+            # TF's devices were initialised already; the setting can no longer change.
+            pass
+
+
+def compilation_cache_dir(setting: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """Where JAX's persistent compilation cache lives, or None for no cache.
+
+    Args:
+      setting: the config's `train.compile_cache_dir`: a folder (gs://... too), 'off',
+        or '' for `$JAX_COMPILATION_CACHE_DIR` when set (empty: no cache), else
+        `$XDG_CACHE_HOME/sagan_jax/jax_compilation_cache` (`~/.cache` by default).
+      environ: the environment (default `os.environ`).
+    """
+    environ = os.environ if environ is None else environ
+    if setting == "off":
+        return None
+    if setting:
+        return setting if "://" in setting else os.path.expanduser(setting)
+    if "JAX_COMPILATION_CACHE_DIR" in environ:  # JAX's own variable, read by JAX itself.
+        return environ["JAX_COMPILATION_CACHE_DIR"] or None
+    cache = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "sagan_jax", "jax_compilation_cache")
+
+
+def use_compilation_cache(directory: str | None) -> None:
+    """Makes JAX keep every compiled program in `directory` (None: no cache); call it
+    before anything is compiled.
+
+    Every program is kept, however small or quick to compile: on a CPU the many small
+    ones (an initialisation, an eager op) add up to seconds at each start.
+    """
+    import jax  # pylint: disable=g-import-not-at-top
+
+    jax.config.update("jax_compilation_cache_dir", directory)
+    if directory:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
+def compile_cache_setting(workdir: str) -> str:
+    """The `train.compile_cache_dir` of the run in `workdir` ('' where it has none)."""
+    from sagan_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+
+    return workdir_lib.read_config(workdir).train.get("compile_cache_dir", "")
+
+
+def describe(devices: Sequence, process_count: int, compile_cache: str | None) -> str:
+    """The start-up line: versions, backend, devices, processes and compilation cache."""
+    import flax  # pylint: disable=g-import-not-at-top
+    import jax  # pylint: disable=g-import-not-at-top
+
+    kinds = sorted({d.device_kind for d in devices})
+    return (f"jax {jax.__version__}, flax {flax.__version__}; backend {devices[0].platform}: "
+            f"{len(devices)} device(s) ({', '.join(kinds)}), {process_count} process(es); "
+            f"compilation cache: {compile_cache or 'off'}")
 
 
 def _initialize(args: dict, may_run_alone: bool) -> None:
@@ -166,16 +283,37 @@ def _initialize(args: dict, may_run_alone: bool) -> None:
 
 
 def init(coordinator_address: str | None = None, num_processes: int | None = None,
-         process_id: int | None = None) -> None:
-    """The start-up of `sagan_jax.main`, `sagan_jax.score` and the other CLIs.
+         process_id: int | None = None, allow_cpu: bool = False,
+         compile_cache: str | None = None) -> None:
+    """The start-up of `sagan_jax.main`, `sagan_jax.score` and `sagan_jax.render`.
 
-    Call it before anything uses a device. Arguments as `distributed_args`.
+    Call it before anything uses a device. The first three arguments as
+    `distributed_args`.
+
+    Args:
+      coordinator_address: HOST:PORT of process 0.
+      num_processes: processes in the run.
+      process_id: this process's index.
+      allow_cpu: run on the CPU of a machine whose accelerator JAX cannot use.
+      compile_cache: the config's `train.compile_cache_dir` (see
+        `compilation_cache_dir`); None leaves JAX's cache setting as it is.
 
     Raises:
-      ValueError: incomplete multi-process flags, or processes that could not connect.
+      ValueError: incomplete multi-process flags, processes that could not connect, or
+        JAX on the CPU of a machine with an accelerator.
     """
+    quiet = _QuietFilter()
+    logging.get_absl_logger().addFilter(quiet)  # orbax logs through absl.
+    pylogging.getLogger("jax._src.xla_bridge").addFilter(quiet)
+    hide_gpus_from_tensorflow()
+    import jax  # pylint: disable=g-import-not-at-top
+
     args = distributed_args(coordinator_address, num_processes, process_id)
     if args is not None:
         _initialize(args, may_run_alone=not args and not _managed_cluster(os.environ))
-    hide_gpus_from_tensorflow()
-    logging.get_absl_logger().addFilter(_OrbaxInfoFilter())
+    if compile_cache is not None:
+        use_compilation_cache(compilation_cache_dir(compile_cache))
+    logging.info("%s", describe(jax.devices(), jax.process_count(),
+                                jax.config.jax_compilation_cache_dir))
+    # JAX_PLATFORMS=cpu is a choice, not a broken install.
+    backend.check(jax.default_backend(), allow_cpu or jax.config.jax_platforms == "cpu")

@@ -6,16 +6,31 @@ Each is downloaded and prepared by TFDS on first use; offline, a prepared copy u
 On the hosts of a TPU slice, which all need the data, `data.data_dir` may be a bucket
 (`gs://bucket/tensorflow_datasets`, prepared once by process 0 and read by all), or
 `data.try_gcs=True` reads the copy that TFDS publishes in its own public bucket
-(nothing to prepare). A local `data_dir` is prepared on each host.
+(nothing to prepare; the dataset and the version that this TFDS reads are checked to be
+there first). A local `data_dir` is prepared on each host.
+
+Before TFDS downloads anything (it retries for minutes), one connection to the source's
+host, or to Cloud Storage for a bucket, is tried: offline, the run stops in seconds.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import socket
+import urllib.parse
+import urllib.request
+from typing import Callable
 
 import numpy as np
+from etils import epath
 
 from sagan_jax.data import sources
+
+# TFDS's public bucket of prepared datasets (`tensorflow_datasets.core.utils.gcs_utils`
+# names it too, but TFDS 4.9.10 switches it off there: its `try_gcs` would download).
+PUBLIC_BUCKET = "gs://tfds-data"
+PUBLIC_DATASETS = f"{PUBLIC_BUCKET}/datasets"
+STORAGE = "https://storage.googleapis.com"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,11 +40,13 @@ class TfdsSpec:
     Attributes:
       splits: variant -> TFDS split expression.
       source_files: what TFDS downloads; the names it looks for in `manual_dir`.
+      server: where TFDS downloads them from (scheme and host).
       labelled: the variants whose labels are classes.
     """
 
     splits: dict[str, str]
     source_files: tuple[str, ...]
+    server: str
     labelled: tuple[str, ...] = ("labelled",)
 
 
@@ -37,11 +54,13 @@ class TfdsSpec:
 # train+test (13,000 labelled images) or the 100k unlabelled split; Oxford Flowers 102,
 # all splits.
 TFDS_DATASETS = {
-    "cifar10": TfdsSpec({"labelled": "train"}, ("cifar-10-binary.tar.gz",)),
+    "cifar10": TfdsSpec({"labelled": "train"}, ("cifar-10-binary.tar.gz",),
+                        "https://www.cs.toronto.edu"),
     "stl10": TfdsSpec({"labelled": "train+test", "unlabelled": "unlabelled"},
-                      ("stl10_binary.tar.gz",)),
+                      ("stl10_binary.tar.gz",), "http://ai.stanford.edu"),
     "oxford_flowers102": TfdsSpec({"labelled": "train+validation+test"},
-                                  ("102flowers.tgz", "imagelabels.mat", "setid.mat")),
+                                  ("102flowers.tgz", "imagelabels.mat", "setid.mat"),
+                                  "https://www.robots.ox.ac.uk"),
 }
 
 
@@ -87,25 +106,103 @@ def _prepared_builder(name: str, spec: TfdsSpec, data_cfg, tfds):
     return builder
 
 
-def _prepare(name: str, spec: TfdsSpec, data_cfg, tfds):
-    """The TFDS builder with its data prepared; an offline failure says how to place the data."""
+def unreachable(server: str, timeout: float = 10.0) -> str | None:
+    """Why no connection to `server` ('https://host'), or to the proxy set for it, opens;
+    None when one does."""
+    scheme, host = server.split("://")
+    proxy = None if urllib.request.proxy_bypass(host) else urllib.request.getproxies().get(scheme)
+    if proxy:
+        parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = parts.hostname, parts.port or 80
+    else:
+        port = 443 if scheme == "https" else 80
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as error:
+        return f"no connection to {host}:{port}: {error}"
+    return None
+
+
+def _public_data_dir(name: str, tfds, why_unreachable: Callable[[str], str | None]) -> str:
+    """The public bucket, once the version of `name` that this TFDS reads is found there."""
+    problem = why_unreachable(STORAGE)
+    if problem:
+        raise ConnectionError(f"cannot read TFDS's public bucket {PUBLIC_BUCKET} ({problem}); "
+                              "offline, set --config.data.try_gcs=False and copy the data into "
+                              "--config.data.data_dir.")
+    version = str(tfds.builder_cls(name).VERSION)
+    folder = epath.Path(PUBLIC_DATASETS) / name
+    try:
+        if (folder / version / "dataset_info.json").exists():
+            return PUBLIC_DATASETS
+        there = sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+    except Exception as error:  # pylint: disable=broad-except
+        if _denied(error):
+            raise _read_only(error) from error
+        raise
+    found = (f"it has versions {', '.join(there)} of '{name}'" if there
+             else f"it has no '{name}'")
+    raise FileNotFoundError(
+        f"TFDS's public bucket {folder} lacks version {version} of '{name}', the version that "
+        f"this tensorflow-datasets reads ({found}): prepare it into your own bucket with "
+        "--config.data.data_dir=gs://YOUR_BUCKET/tensorflow_datasets instead of data.try_gcs.")
+
+
+def _denied(error: Exception) -> bool:
+    """A refused permission, from Python's file API or TensorFlow's (gs:// through TF)."""
+    return isinstance(error, PermissionError) or "PermissionDenied" in type(error).__name__
+
+
+def _read_only(error: Exception) -> PermissionError:
+    return PermissionError(
+        f"{PUBLIC_BUCKET} is TFDS's public bucket and read-only, and it refused this request "
+        f"({type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]}); prepare the "
+        "dataset into your own bucket with --config.data.data_dir=gs://YOUR_BUCKET/"
+        "tensorflow_datasets.")
+
+
+def _prepare(name: str, spec: TfdsSpec, data_cfg, tfds,
+             why_unreachable: Callable[[str], str | None] = unreachable):
+    """The TFDS builder with its data prepared; an offline failure says how to place the data.
+
+    Args:
+      name: the TFDS name.
+      spec: how the dataset is read.
+      data_cfg: the config's `data` section.
+      tfds: the `tensorflow_datasets` module.
+      why_unreachable: server -> why it cannot be reached, or None (`unreachable`).
+    """
     try_gcs = bool(data_cfg.get("try_gcs", False))
     if try_gcs and data_cfg.data_dir:
         raise ValueError(f"data.try_gcs reads TFDS's public bucket and data.data_dir="
                          f"{data_cfg.data_dir} another copy: set only one of them.")
-    builder = tfds.builder(name, data_dir=data_cfg.data_dir or None, try_gcs=try_gcs)
+    data_dir = data_cfg.data_dir or None
+    public = try_gcs or (data_dir or "").startswith(PUBLIC_BUCKET)
+    if public:
+        data_dir = _public_data_dir(name, tfds, why_unreachable)
+    builder = tfds.builder(name, data_dir=data_dir)
+    manual = data_cfg.manual_dir and all(
+        (epath.Path(data_cfg.manual_dir) / f).exists() for f in spec.source_files)
+    # Prepared: what `builder.is_prepared()` checks, without its warning where it is not.
+    prepared = (builder.data_path / "dataset_info.json").exists()
+    problem = None if public or manual or prepared else why_unreachable(spec.server)
+    offline = (f"Offline? Either copy a prepared '{name}' folder (from `tfds build {name}` on "
+               f"a connected machine) under --config.data.data_dir, or put "
+               f"{', '.join(spec.source_files)} in a folder and set --config.data.manual_dir "
+               "to it.")
+    if problem:
+        raise ConnectionError(f"TFDS cannot download '{name}' ({problem}). {offline}")
     try:
         builder.download_and_prepare(
             download_config=tfds.download.DownloadConfig(manual_dir=data_cfg.manual_dir or None))
     except Exception as error:  # pylint: disable=broad-except
+        if public and _denied(error):
+            raise _read_only(error) from error
         # Downloads fail in many ways (DNS, HTTP, proxies, checksums); all end the same way.
         reason = (str(error).splitlines() or [""])[0][:200]
         raise ConnectionError(
             f"TFDS could not download or prepare '{name}' into {builder.data_dir} "
-            f"({type(error).__name__}: {reason}). Offline? Either copy a prepared "
-            f"'{name}' folder (from `tfds build {name}` on a connected machine) under "
-            f"--config.data.data_dir, or put {', '.join(spec.source_files)} in a folder and "
-            "set --config.data.manual_dir to it.") from error
+            f"({type(error).__name__}: {reason}). {offline}") from error
     return builder
 
 
