@@ -2,7 +2,8 @@
 
 A config gives each length in epochs or in steps (`train.num_epochs` / `num_steps`,
 `log.sample_every_epochs` / `sample_every_steps`, `checkpoint.every_epochs` /
-`every_steps`, `eval.every_epochs` / `every_steps`). Epochs are converted with the
+`every_steps`, `eval.every_epochs` / `every_steps`, and the first checkpoint's and
+score's `offset_epochs` / `offset_steps`). Epochs are converted with the
 dataset's real steps per epoch when the run starts, so a run at another batch size
 keeps its number of epochs and its rhythm. A setting in steps, when not 0, overrides
 the one in epochs; 0 in both means "never" (for the run length: a config error).
@@ -26,6 +27,8 @@ class Periods:
         `checkpoint_every` (the original saved after epochs 1, 6, 11, ...).
       eval_every: in-training scores.
       log_every: averaged training metrics.
+      eval_offset: the first in-training score's step when not 0; then every
+        `eval_every` (the original scored the checkpoints of epochs 1, 6, 11, ...).
     """
 
     num_steps: int
@@ -35,6 +38,7 @@ class Periods:
     checkpoint_offset: int
     eval_every: int
     log_every: int
+    eval_offset: int = 0
 
     @staticmethod
     def due(step: int, every: int, offset: int = 0) -> bool:
@@ -46,9 +50,14 @@ class Periods:
     def checkpoint_due(self, step: int) -> bool:
         return step == self.num_steps or self.due(step, self.checkpoint_every, self.checkpoint_offset)
 
+    def eval_due(self, step: int) -> bool:
+        """In-training scores: every `eval_every` steps from `eval_offset`, and the last step."""
+        return self.eval_every > 0 and (
+            step == self.num_steps or self.due(step, self.eval_every, self.eval_offset))
+
     def boundaries(self) -> tuple[tuple[int, int], ...]:
         """(every, offset) of each periodic action (those that are on)."""
-        periods = ((self.log_every, 0), (self.sample_every, 0), (self.eval_every, 0),
+        periods = ((self.log_every, 0), (self.sample_every, 0), (self.eval_every, self.eval_offset),
                    (self.checkpoint_every, self.checkpoint_offset))
         return tuple((e, o) for e, o in periods if e > 0)
 
@@ -110,4 +119,5 @@ def resolve(config: Any, steps_per_epoch: int) -> Periods:
                                  steps_per_epoch),
         eval_every=_steps(config.eval, "every_steps", "every_epochs", steps_per_epoch),
         log_every=int(config.log.every_steps),
+        eval_offset=_steps(config.eval, "offset_steps", "offset_epochs", steps_per_epoch),
     )

@@ -36,6 +36,7 @@ from sagan_jax.evaluation.evaluator import Evaluator
 
 GUARDED_LOSSES = ("d_loss", "g_loss")
 G_STEP_METRICS = ("g_loss", "g_grad_norm", "g_mode_seeking")
+MATMUL_PRECISIONS = ("", "default", "high", "highest")
 
 
 @jax.jit
@@ -213,6 +214,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLik
       FloatingPointError: a non-finite loss (the last good checkpoint is kept).
       checkpointing.Preempted: SIGTERM; the step reached is saved.
     """
+    precision = config.train.get("matmul_precision", "")
+    if precision not in MATMUL_PRECISIONS:
+        raise ValueError(f"unknown train.matmul_precision {precision!r}; set it to one of "
+                         f"{MATMUL_PRECISIONS} ('' = JAX's default).")
+    # The programs are traced inside, so the precision is part of each compiled one.
+    with jax.default_matmul_precision(precision or None):
+        return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLike):
+    """`train_and_evaluate` at the matmul precision it chose."""
     workdir = workdir_lib.prepare(workdir)
     mesh = parallel.create_mesh()
     parallel.check_divisible(config.train.batch_size, mesh)
@@ -290,7 +302,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLik
                 grid = visualize.class_grid(sample, gan, sample_key, config.log.grid_rows,
                                             config.log.grid_classes)
                 _write_grids(writer, workdir, step, grid, config.model.resolution)
-            if evaluator is not None and (plan.due(step, plan.eval_every) or last):
+            if evaluator is not None and plan.eval_due(step):
                 # The same key at every step: score changes come from G, not from new z.
                 scores = evaluator.evaluate(
                     lambda key, labels: gen_fn(params, model_state, key, labels),
@@ -299,7 +311,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLik
                 logging.info("step %d scores (%s G): %s", step, which, {
                     k: v for k, v in scores.items() if not k.startswith("diversity_ratio/")})
                 _warn_collapse(step, which, scores, config.monitor.collapse_threshold)
-            if probe is not None and (plan.due(step, plan.eval_every) or last):
+            if probe is not None and plan.eval_due(step):
                 ratios = probe.ratios({"params": state.d_params, **state.d_state},
                                       lambda key, labels: gen_fn(params, model_state, key, labels),
                                       eval_key)

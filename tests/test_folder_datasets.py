@@ -139,12 +139,34 @@ def make_layout(root: pathlib.Path, layout: str) -> pathlib.Path:
     ("empty", FileNotFoundError, "holds no class sub-folders"),
     ("loose_images", FileNotFoundError, "holds no class sub-folders; expected .*/<class>/"),
     ("one_class", ValueError, "single class folder 'thumb'.*data.path=.*thumb"),
-    ("class_without_images", ValueError, "class folder .*/b holds no images"),
+    ("class_without_images", ValueError, "has images .* in 1 class folder\\(s\\) \\(a\\).*at least 2"),
 ])
 def test_bad_layouts_fail_with_one_line(tmp_path, layout, error, match):
     with pytest.raises(error, match=match) as info:
         load(make_layout(tmp_path, layout))
     assert "\n" not in str(info.value)
+
+
+def test_empty_class_folders_are_skipped_with_one_warning(tree, tmp_path, caplog):
+    """The original's AnimeFace loader deleted empty class folders, then indexed the rest:
+    same labels, one warning naming them, and the folders stay."""
+    for name in CLASSES:
+        for png in sorted((tree / name).rglob("*.png")):
+            target = tmp_path / name / png.relative_to(tree / name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(png.read_bytes())
+    for name in ("a_empty", "b_dog_nested", "d_last"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "b_dog_nested" / "sub").mkdir()
+    (tmp_path / "d_last" / "color.csv").write_text("r,g,b\n")
+    with caplog.at_level(logging.WARNING):
+        ds = load(tmp_path)
+    labels = np.concatenate([b["label"] for b in ds.eval_iterator(4)])
+    np.testing.assert_array_equal(labels, [label for _, label in expected_files(tree)])
+    assert ds.num_classes == 3
+    warnings = [r.getMessage() for r in caplog.records if "hold no images" in r.getMessage()]
+    assert len(warnings) == 1 and "(a_empty, b_dog_nested, d_last)" in warnings[0]
+    assert all((tmp_path / name).is_dir() for name in ("a_empty", "b_dog_nested", "d_last"))
 
 
 def test_missing_path_setting():

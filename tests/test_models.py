@@ -80,8 +80,9 @@ def test_build_models_reads_the_switches():
     z, labels = jnp.zeros((2, g.z_dim)), jnp.array([0, 2])
     g_vars = jax.eval_shape(lambda: g.init({"params": jax.random.key(0)}, z, labels))
     d_vars = jax.eval_shape(lambda: d.init({"params": jax.random.key(0)}, jnp.zeros((2, 16, 16, 3)), labels))
-    # The original SN keeps only u0; the embedding's runs over the classes (nn.Embedding).
-    assert set(d_vars[SN_COLLECTION]["embed"]) == {"u"} and d_vars[SN_COLLECTION]["embed"]["u"].shape == (3,)
+    # The original SN keeps only u0; the embedding's runs over D's 8 channels (the
+    # original's SNLinear(K -> C) weight has C rows).
+    assert set(d_vars[SN_COLLECTION]["embed"]) == {"u"} and d_vars[SN_COLLECTION]["embed"]["u"].shape == (8,)
     assert set(g_vars[SN_COLLECTION]["dense"]) == {"u"}
     g_std, d_std = build_models(_model_config(sn_mode="standard", init="xavier", cbn_init="zeros"), 3, 3)
     std_vars = jax.eval_shape(lambda: g_std.init({"params": jax.random.key(0)}, z, labels))

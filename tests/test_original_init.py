@@ -59,10 +59,14 @@ def test_kernels_and_biases_follow_pytorch_defaults(kind, in_ch, out_ch, k, sn):
 
 
 @needs_torch
-def test_projection_embedding_follows_nn_embedding():
+def test_projection_embedding_follows_nn_linear():
+    """The original's SNLinear(K, C, bias=False): U(+-1/sqrt(K)) (tests/test_original_embedding.py
+    checks it at every resolution, with its SN)."""
     torch.manual_seed(0)
-    params = _init(SNEmbed(1000, 128, param_init="original"), jnp.zeros((1,), jnp.int32))
-    _assert_same_distribution(params["embedding"], torch.nn.Embedding(1000, 128).weight.detach().numpy(), 1.0)
+    params = _init(SNEmbed(176, 1024, param_init="original"), jnp.zeros((1,), jnp.int32))
+    bound = 176 ** -0.5
+    reference = torch.nn.Linear(176, 1024, bias=False).weight.detach().numpy()
+    _assert_same_distribution(params["embedding"], reference, bound**2 / 3, bound)
 
 
 @needs_torch
@@ -111,18 +115,17 @@ def original_sigma_table(variables):
     """(layer, sigma estimate, top singular value) of every SN'd layer in `variables`.
 
     The estimate is a NumPy transcription of the original's one power step from u0, on
-    the weight viewed as PyTorch's (out, -1) matrix (an embedding table as it is).
+    the weight viewed as PyTorch's (out, -1) matrix (the embedding table, like a dense
+    kernel, transposed: the original's SNLinear(K, C) weight).
     """
     rows = []
     flat_sn = flax.traverse_util.flatten_dict(flax.core.unfreeze(variables[SN_COLLECTION]))
     flat_params = flax.traverse_util.flatten_dict(flax.core.unfreeze(variables["params"]))
     for path, u0 in flat_sn.items():
         layer = path[:-1]
-        if layer + ("embedding",) in flat_params:
-            a = np.asarray(flat_params[layer + ("embedding",)], np.float64)
-        else:
-            w = np.asarray(flat_params[layer + ("kernel",)], np.float64)
-            a = w.reshape(-1, w.shape[-1]).T
+        w = flat_params.get(layer + ("embedding",), flat_params.get(layer + ("kernel",)))
+        w = np.asarray(w, np.float64)
+        a = w.reshape(-1, w.shape[-1]).T
         u0 = np.asarray(u0, np.float64)
         v = a.T @ u0
         v /= np.linalg.norm(v) + 1e-8

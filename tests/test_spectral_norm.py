@@ -45,10 +45,16 @@ def _conv_case(settings):
 
 
 def _embed_case(settings):
+    """Standard SN: an SN'd nn.Embedding(7, 16). The original's: SNLinear(7, 16) of the
+    one-hot label, whose weight (16, 7) is the table's transpose."""
+    if settings.mode == "original":
+        to_torch, out_axis = (lambda t: t.T), -1
+    else:
+        to_torch, out_axis = (lambda t: t), 0
     return dict(
         layer=SNEmbed(7, 16, sn_settings=settings), x=np.array([0, 3, 6, 3, 1]),
-        torch_module=lambda: torch.nn.Embedding(7, 16), weight_name="embedding", out_axis=0,
-        to_torch=lambda t: t, from_torch=lambda w: w, v_to_torch=lambda v, k: v,
+        torch_module=lambda: torch.nn.Embedding(7, 16), weight_name="embedding", out_axis=out_axis,
+        to_torch=to_torch, from_torch=to_torch, v_to_torch=lambda v, k: v,
         act_to_torch=lambda x: x, act_from_torch=lambda y: y,
     )
 
@@ -158,7 +164,8 @@ def _torch_original_layer(name, weight, x, u0, through_power_step=True):
         return torch.nn.functional.linear(x, w_sn)
     if name == "conv":
         return torch.nn.functional.conv2d(x, w_sn, padding=1)
-    return torch.nn.functional.embedding(x, w_sn)
+    one_hot = torch.nn.functional.one_hot(x.long(), weight.shape[1]).to(w_sn.dtype)
+    return torch.nn.functional.linear(one_hot, w_sn)
 
 
 def _torch_grads(name, weight, x, u0, cot, through_power_step=True):

@@ -7,7 +7,9 @@ TFDS's `ImageFolder` expects an extra split level (`root/<split>/<class>/`) that
 AnimeFace Character Dataset does not have, skips unreadable layouts silently and fails on a
 corrupt file with a TensorFlow error that does not say which file. This module scans the tree
 itself, with one clear error per layout problem, and decodes with TensorFlow (`tf.data`),
-naming the file that does not decode.
+naming the file that does not decode. Class folders without images are skipped with one
+warning and the classes are indexed without them, as the original's AnimeFace loader did
+(it deleted them first; this reader never deletes anything).
 """
 from __future__ import annotations
 
@@ -35,8 +37,9 @@ class FolderListing:
 
     Attributes:
       paths: image files, sorted by class folder then by path.
-      labels: int32 class index of each file (class folders sorted by name, as TFDS does).
-      class_names: the class folder names, index = label.
+      labels: int32 class index of each file (class folders with images sorted by name,
+        as TFDS does).
+      class_names: the names of the class folders with images, index = label.
       skipped: files that are not images by their extension (ignored).
     """
 
@@ -56,7 +59,7 @@ def list_image_folder(path: str) -> FolderListing:
       The listing, sorted, so that every process and every run sees the same order.
 
     Raises:
-      ValueError: no path given, a single class folder, or a class folder without images.
+      ValueError: no path given, or fewer than 2 class folders with images.
       FileNotFoundError: the folder does not exist, or holds no class folders.
     """
     if not path:
@@ -78,20 +81,28 @@ def list_image_folder(path: str) -> FolderListing:
             f"data folder {root} holds a single class folder '{class_dirs[0].name}'; "
             f"a class-per-folder dataset needs at least 2 (did you mean "
             f"--config.data.path={class_dirs[0]}?).")
-    paths, labels, skipped = [], [], []
-    for label, class_dir in enumerate(class_dirs):
+    paths, labels, skipped, names, empty = [], [], [], [], []
+    for class_dir in class_dirs:
         files = sorted(p for p in class_dir.rglob("*") if p.is_file())
         images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
         skipped.extend(str(p) for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS)
         if not images:
-            raise ValueError(
-                f"class folder {class_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
-                "add images to it or remove it.")
+            empty.append(class_dir.name)
+            continue
         paths.extend(str(p) for p in images)
-        labels.extend([label] * len(images))
+        labels.extend([len(names)] * len(images))
+        names.append(class_dir.name)
+    if empty:
+        logging.warning("skipping %d class folders of %s that hold no images (%s): the classes "
+                        "are indexed without them, as the original's AnimeFace loader did.",
+                        len(empty), root, ", ".join(empty))
+    if len(names) < 2:
+        raise ValueError(
+            f"data folder {root} has images ({', '.join(IMAGE_EXTENSIONS)}) in "
+            f"{len(names)} class folder(s) ({', '.join(names) or 'none'}); a class-per-folder "
+            "dataset needs at least 2: add images to the empty ones.")
     skipped.extend(str(p) for p in root.iterdir() if p.is_file())
-    return FolderListing(tuple(paths), np.asarray(labels, np.int32),
-                         tuple(p.name for p in class_dirs), tuple(skipped))
+    return FolderListing(tuple(paths), np.asarray(labels, np.int32), tuple(names), tuple(skipped))
 
 
 def decode_images(paths: Sequence[str], preprocess: Callable, tf) -> np.ndarray:

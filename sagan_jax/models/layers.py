@@ -11,9 +11,9 @@ Initialisation (`param_init`; `model.init` in the config):
   reached the SN'd layers, so conv and dense kernels keep PyTorch's default for
   `Conv2d` / `Linear`, kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in)) with fan_in =
   in * kh * kw, and their biases are zero; the layers without SN keep PyTorch's whole
-  default, bias U(+-1/sqrt(fan_in)) included. The projection embedding is read as an
-  SN'd `nn.Embedding` (docs/original.md calls it an embedding, unlike the conditional
-  BN's "linear maps"), whose default is N(0, 1).
+  default, bias U(+-1/sqrt(fan_in)) included. D's projection embedding is the original's
+  `SNLinear(K, C, bias=False)` of the one-hot label, so it gets `Linear`'s default
+  U(+-1/sqrt(K)) for K classes (see `SNEmbed` for its spectral norm).
 The conditional BN embeddings have their own switch (`cbn_init`): 'zeros' (plain BN at
 the start) or 'xavier' (the original's, so gamma = 1 + E_g(y) != 1 at the start).
 """
@@ -38,7 +38,9 @@ _KERNEL_INITS = {
 }
 _EMBEDDING_INITS = {
     "xavier": nn.initializers.xavier_uniform(),
-    "original": nn.initializers.normal(1.0),  # nn.Embedding's default N(0, 1)
+    # The table (K, C) is the transpose of the original's Linear(K -> C) weight (C, K):
+    # fan_in = K, axis 0.
+    "original": nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform", in_axis=0, out_axis=1),
     "zeros": nn.initializers.zeros,
 }
 
@@ -176,8 +178,12 @@ def _conv3_of_upsampled(x: jax.Array, kernel: jax.Array, dtype: Dtype) -> jax.Ar
 class SNEmbed(nn.Module):
     """Class embedding (bias-free linear map of the one-hot label), optionally SN'd.
 
-    Spectral norm sees the (num, features) table as PyTorch's SN'd `nn.Embedding` does:
-    `u` runs over the classes. `param_init`: 'xavier', 'original' (N(0, 1)) or 'zeros'.
+    The (num, features) table is the linear map's kernel: row k is the map of class k's
+    one-hot label. Spectral norm reads it in one of two ways, by `sn_settings.mode`:
+    - 'standard': as PyTorch's SN'd `nn.Embedding(num, features)`, `u` over the classes;
+    - 'original': as the original's `SNLinear(num, features, bias=False)`, whose weight
+      (features, num) is the table's transpose, `u` over the features (C).
+    `param_init`: 'xavier', 'original' (`Linear`'s U(+-1/sqrt(num))) or 'zeros'.
     `labels` are int class indices (n,), or float class weights (n, num_embeddings),
     which give the same weighted mix of rows as the linear map of a mixed one-hot label
     (class interpolations).
@@ -195,11 +201,44 @@ class SNEmbed(nn.Module):
         table = normalized_param(
             self, "embedding", (self.num_embeddings, self.features),
             _choose(_EMBEDDING_INITS, self.param_init, "init"),
-            enabled=self.sn, update=train, settings=self.sn_settings, out_axis=0,
+            enabled=self.sn, update=train, settings=self.sn_settings,
+            out_axis=-1 if self.sn_settings.mode == "original" else 0,
         )
         if jnp.issubdtype(labels.dtype, jnp.floating):
             return jnp.dot(labels, table, precision=jax.lax.Precision.HIGHEST).astype(self.dtype)
         return jnp.take(table, labels, axis=0).astype(self.dtype)
+
+
+class _BatchNorm(nn.BatchNorm):
+    """Flax's BatchNorm, optionally keeping PyTorch's unbiased running variance.
+
+    PyTorch's BN records the batch variance times n / (n - 1) (n values per channel, over
+    every replica when the statistics are synced) in its running variance, while
+    normalising with the biased one, as Flax does. Only eval-mode outputs can differ.
+    """
+
+    unbiased_var: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array, use_running_average: Optional[bool] = None) -> jax.Array:
+        training = not nn.merge_param("use_running_average", self.use_running_average,
+                                      use_running_average)
+        if not (self.unbiased_var and training) or self.is_initializing():
+            return super().__call__(x, use_running_average)
+        previous = self.get_variable("batch_stats", "var")
+        y = super().__call__(x, use_running_average)
+        axes = tuple(range(x.ndim - 1))
+        n = x.size // x.shape[-1]
+        mean = jnp.mean(x, axes)
+        if self.axis_name is not None:
+            mean = jax.lax.pmean(mean, self.axis_name)
+        var = jnp.mean(jnp.square(x - mean), axes)
+        if self.axis_name is not None:
+            var = jax.lax.pmean(var, self.axis_name)
+            n = n * jax.lax.psum(1, self.axis_name)
+        self.put_variable("batch_stats", "var",
+                          self.momentum * previous + (1 - self.momentum) * var * (n / (n - 1)))
+        return y
 
 
 class ConditionalBatchNorm(nn.Module):
@@ -211,21 +250,24 @@ class ConditionalBatchNorm(nn.Module):
     Unconditional: BN with its own affine and PyTorch's default eps 1e-5, as the
     original's unconditional runs. Momentum is PyTorch's 0.1 in both (Flax's `momentum`
     is the running average's decay, hence 0.9). `axis_name` syncs batch statistics
-    across replicas.
+    across replicas. `unbiased_var`: the running variance records PyTorch's unbiased
+    batch variance (only eval-mode outputs change; the original's IS came from them).
     """
 
     num_classes: int = 0
     axis_name: Optional[str] = None
     dtype: Dtype = jnp.float32
     cbn_init: str = "zeros"
+    unbiased_var: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, labels: Optional[jax.Array], train: bool = False) -> jax.Array:
         conditional = self.num_classes > 0
-        x = nn.BatchNorm(
+        x = _BatchNorm(
             use_running_average=not train, momentum=0.9, epsilon=1e-4 if conditional else 1e-5,
             use_bias=not conditional, use_scale=not conditional,
-            axis_name=self.axis_name if train else None, dtype=jnp.float32, name="bn",
+            axis_name=self.axis_name if train else None, dtype=jnp.float32,
+            unbiased_var=self.unbiased_var, name="bn",
         )(x.astype(jnp.float32))
         if conditional:
             if self.cbn_init not in CBN_INITS:
@@ -296,6 +338,7 @@ class GBlock(nn.Module):
     cbn_init: str = "zeros"
     bn_axis_name: Optional[str] = None
     dtype: Dtype = jnp.float32
+    bn_unbiased_var: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, labels: Optional[jax.Array], train: bool = False) -> jax.Array:
@@ -304,7 +347,8 @@ class GBlock(nn.Module):
             dtype=self.dtype,
         )
         bn = functools.partial(
-            ConditionalBatchNorm, self.num_classes, self.bn_axis_name, self.dtype, self.cbn_init
+            ConditionalBatchNorm, self.num_classes, self.bn_axis_name, self.dtype, self.cbn_init,
+            self.bn_unbiased_var,
         )
         h = nn.relu(bn(name="bn1")(x, labels, train))
         h = conv(3, upsample=self.upsample, name="conv1")(h, train)

@@ -36,6 +36,7 @@ class Generator(nn.Module):
       sn_eps: numerical guard of SN ('standard').
       param_init: 'xavier' or 'original' initialisation (see `layers`).
       cbn_init: 'zeros' or 'xavier' conditional BN embeddings.
+      bn_unbiased_var: BN running variances unbiased, as PyTorch keeps them.
     """
 
     resolution: int = 32
@@ -52,6 +53,7 @@ class Generator(nn.Module):
     sn_eps: float = 1e-12
     param_init: str = "xavier"
     cbn_init: str = "zeros"
+    bn_unbiased_var: bool = False
 
     @nn.compact
     def __call__(self, z: jax.Array, labels: Optional[jax.Array] = None, train: bool = False) -> jax.Array:
@@ -65,13 +67,15 @@ class Generator(nn.Module):
         for i, out in enumerate(arch.g_blocks):
             h = layers.GBlock(
                 scale_channels(out, self.width), num_classes=self.num_classes, sn=self.sn,
-                cbn_init=self.cbn_init, bn_axis_name=self.bn_axis_name, name=f"block{i}", **sn_args,
+                cbn_init=self.cbn_init, bn_axis_name=self.bn_axis_name,
+                bn_unbiased_var=self.bn_unbiased_var, name=f"block{i}", **sn_args,
             )(h, labels, train)
             if h.shape[1] in pending_attention:
                 pending_attention.discard(h.shape[1])
                 h = layers.SelfAttention(sn=self.sn, name=f"attention{i}", **sn_args)(h, train)
         h = layers.ConditionalBatchNorm(
-            self.num_classes, self.bn_axis_name, self.dtype, self.cbn_init, name="bn_out"
+            self.num_classes, self.bn_axis_name, self.dtype, self.cbn_init, self.bn_unbiased_var,
+            name="bn_out",
         )(h, labels, train)
         h = layers.SNConv(
             self.channels, 3, sn=self.sn and arch.g_out_sn, name="conv_out", **sn_args
@@ -145,7 +149,8 @@ def build_models(model_cfg: Any, num_classes: int, channels: int,
     Args:
       model_cfg: has resolution, width, z_dim, conditional, g_attention, d_attention,
         g_sn, dtype ('float32' or 'bfloat16'), sn_mode ('standard' or 'original'),
-        sn_iters, sn_eps, init ('xavier' or 'original'), cbn_init ('zeros' or 'xavier').
+        sn_iters, sn_eps, init ('xavier' or 'original'), cbn_init ('zeros' or 'xavier'),
+        bn_unbiased_var (False when absent: configs written before it).
       num_classes: classes of the dataset (used when `model_cfg.conditional`).
       channels: image channels.
       bn_axis_name: mesh axis for synced BN statistics, or None.
@@ -167,6 +172,7 @@ def build_models(model_cfg: Any, num_classes: int, channels: int,
     )
     g = Generator(**common(attention=tuple(model_cfg.g_attention), sn=model_cfg.g_sn,
                            z_dim=model_cfg.z_dim, bn_axis_name=bn_axis_name,
-                           cbn_init=model_cfg.cbn_init))
+                           cbn_init=model_cfg.cbn_init,
+                           bn_unbiased_var=bool(model_cfg.get("bn_unbiased_var", False))))
     d = Discriminator(**common(attention=tuple(model_cfg.d_attention)))
     return g, d

@@ -5,9 +5,11 @@ the weight is seen as a matrix `A` of shape (out, -1): a dense kernel (in, out) 
 transpose, a conv kernel (kh, kw, in, out) as the transpose of (kh * kw * in, out) (the
 same singular values as PyTorch's (out, in * kh * kw) view; only the order of `v`'s
 entries differs), and a class-embedding table (num, features) as it is, like PyTorch's
-`nn.Embedding`, whose first axis is the one spectral norm treats as `out`. The state
-lives in the `spectral_norm` collection, separate from BatchNorm's `batch_stats`, so
-that each can be made mutable, synced or checkpointed on its own.
+`nn.Embedding`, whose first axis is the one spectral norm treats as `out` (in 'original'
+mode the embedding is the original's linear map, read as a dense kernel: see
+`layers.SNEmbed`). The state lives in the `spectral_norm` collection, separate from
+BatchNorm's `batch_stats`, so that each can be made mutable, synced or checkpointed on
+its own.
 
 Two modes (`SNSettings.mode`):
 
