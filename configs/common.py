@@ -43,6 +43,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     # layers ended up with (PyTorch's defaults, docs/original.md "Initialisation as coded").
     c.model.init = "xavier"
     c.model.cbn_init = "zeros"  # Class embeddings of conditional BN: 'zeros' or 'xavier'.
+    # BN running variances unbiased, as PyTorch keeps them (only eval-mode G sees them).
+    c.model.bn_unbiased_var = False
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "cifar10"
@@ -96,6 +98,12 @@ def get_base_config() -> ml_collections.ConfigDict:
     # ends where anything periodic is due (saves the host work of each step on TPUs and
     # fast GPUs). Keep 1 on CPU: XLA:CPU runs convolutions in the loop ~18x slower.
     c.train.steps_per_dispatch = 1
+    # Matmuls and convolutions of training and in-training scoring: '' leaves JAX's default
+    # (TF32 or bf16 passes on GPUs/TPUs); 'highest' is full float32 (no effect on CPU).
+    c.train.matmul_precision = ""
+    # JAX's compiled programs, kept for the next start (sagan_jax.startup): '' = ~/.cache/
+    # sagan_jax/jax_compilation_cache (or $JAX_COMPILATION_CACHE_DIR), a folder or gs://..., or 'off'.
+    c.train.compile_cache_dir = ""
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_epochs = 5
@@ -114,6 +122,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     c.eval.every_epochs = 0  # In-training scores; 0 = none.
     c.eval.every_steps = 0
+    c.eval.offset_epochs = 0  # Not 0: the first in-training score's epoch, then every N.
+    c.eval.offset_steps = 0
     c.eval.num_samples = 10_000
     c.eval.batch_size = 500
     c.eval.splits = 10
@@ -124,6 +134,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.eval.kid_subsets = 100  # KID as torch-fidelity: 100 subsets of 1000, seed 2020.
     c.eval.kid_subset_size = 1000
     c.eval.kid_seed = 2020
+    c.eval.best_by = "FID"  # `render --step=best`'s default: lowest 'FID' or highest 'IS'.
 
     # Early warnings of the original's two failures (sagan_jax/monitors.py, README).
     c.monitor = ml_collections.ConfigDict()
@@ -166,6 +177,13 @@ def make_original(c: ml_collections.ConfigDict) -> None:
     # all kept, so that the best one can be scored and rendered after training.
     c.checkpoint.offset_epochs = 1
     c.checkpoint.keep = 0
+    # Its IS: every saved G (so in training at epochs 1, 6, 11, ...), eval-mode BN with
+    # PyTorch's unbiased running variance, float32 matmuls as on 2019 GPUs; its best
+    # checkpoint was the best IS.
+    c.eval.offset_epochs = 1
+    c.model.bn_unbiased_var = True
+    c.train.matmul_precision = "highest"
+    c.eval.best_by = "IS"
 
 
 def get_96px_config(arg: str | None, name: str, epochs: int,

@@ -9,10 +9,12 @@ Writes three PNGs into `DIR/render/step_<N>_<generator>/`:
 
 A class whose latent row shows one image throughout has collapsed (the original's
 finding on AnimeFace and Flowers; see README, "Catching collapse"). `--step=best` picks
-the checkpoint with the best FID of the chosen generator in the scores that
-`sagan_jax.score` wrote in `DIR/eval/scores.csv` (best IS when no FID was computed). `--bn=train` renders with batch statistics, as the
-original's sampling script did (`--generator=raw --bn=train --interpolation=linear
---points=5` is its protocol). Only reads the run.
+the checkpoint with the best score of the chosen generator in the scores that
+`sagan_jax.score` wrote in `DIR/eval/scores.csv`: `--best_by=FID` the lowest FID (the
+highest IS when no FID was computed), `--best_by=IS` the highest IS, as the original
+chose; the default is the run's `eval.best_by` (IS under `,original`). `--bn=train`
+renders with batch statistics, as the original's sampling script did (`--generator=raw
+--bn=train --interpolation=linear --points=5` is its protocol). Only reads the run.
 """
 from __future__ import annotations
 
@@ -31,13 +33,17 @@ from sagan_jax import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
 RENDER_DIR = "render"
+BEST_BY = ("FID", "IS")
 
 
 def define_flags() -> None:
     """The CLI's flags (defined when run, so that importing this module beside
     `sagan_jax.main`, which also has --workdir, does not clash)."""
     flags.DEFINE_string("workdir", None, "The training run's directory.")
-    flags.DEFINE_string("step", "last", "A checkpoint step, 'last', or 'best' (by FID, else IS).")
+    flags.DEFINE_string("step", "last", "A checkpoint step, 'last', or 'best' (see --best_by).")
+    flags.DEFINE_enum("best_by", None, list(BEST_BY),
+                      "--step=best: the lowest FID or the highest IS (default: the run's "
+                      "eval.best_by).")
     flags.DEFINE_enum("generator", "ema", list(train_step.GENERATORS), "G's EMA or raw weights.")
     flags.DEFINE_enum("bn", "eval", ["eval", "train"],
                       "BatchNorm with running ('eval') or batch ('train') statistics.")
@@ -49,13 +55,14 @@ def define_flags() -> None:
     flags.DEFINE_integer("seed", 0, "Seed of the z.")
     flags.DEFINE_string("out", None, "Output folder (default DIR/render/step_N_GENERATOR).")
     flags.mark_flag_as_required("workdir")
+    startup.define_flags(processes=False)
 
 
-def best_step(workdir: str, generator: str) -> tuple[int, str, float]:
+def best_step(workdir: str, generator: str, by: str = "FID") -> tuple[int, str, float]:
     """(step, metric, value) of the best-scored checkpoint of `generator` in scores.csv.
 
-    Lowest FID, or highest IS where no FID was computed; among rows of several sample
-    counts, those of the largest count (the most precise).
+    `by='FID'`: lowest FID, or highest IS where no FID was computed; `by='IS'`: highest
+    IS. Among rows of several sample counts, those of the largest count (the most precise).
 
     Raises:
       FileNotFoundError: no scores to choose from.
@@ -72,16 +79,28 @@ def best_step(workdir: str, generator: str) -> tuple[int, str, float]:
     most = max(int(r["num_samples"]) for r in rows)
     rows = [r for r in rows if int(r["num_samples"]) == most]
     finite = lambda key: [r for r in rows if r.get(key) and math.isfinite(float(r[key]))]
-    if finite("FID"):
+    if by == "FID" and finite("FID"):
         row = min(finite("FID"), key=lambda r: float(r["FID"]))
         return int(row["step"]), "FID", float(row["FID"])
+    if not finite("IS"):
+        fix = "choose by FID with --best_by=FID" if by == "IS" else "score it with sagan_jax.score"
+        raise FileNotFoundError(f"{path} has no IS of the {generator} G; {fix}.")
     row = max(finite("IS"), key=lambda r: float(r["IS"]))
     return int(row["step"]), "IS", float(row["IS"])
 
 
-def _resolve_step(workdir: str, step: str, generator: str, available: list[int]) -> int:
+def choose_best_by(config, best_by: str | None) -> str:
+    """`best_by`, or the run's `eval.best_by` (FID in runs configured before it existed)."""
+    best_by = best_by or config.eval.get("best_by", "FID")
+    if best_by not in BEST_BY:
+        raise ValueError(f"best_by {best_by!r}: use --best_by=FID or --best_by=IS.")
+    return best_by
+
+
+def _resolve_step(workdir: str, step: str, generator: str, available: list[int],
+                  best_by: str) -> int:
     if step == "best":
-        chosen, metric, value = best_step(workdir, generator)
+        chosen, metric, value = best_step(workdir, generator, best_by)
         logging.info("best checkpoint of the %s G: step %d (%s %.4g)", generator, chosen,
                      metric, value)
         return chosen
@@ -97,16 +116,21 @@ def _resolve_step(workdir: str, step: str, generator: str, available: list[int])
 
 def render(workdir: str, step: str = "last", generator: str = "ema", bn: str = "eval",
            interpolation: str = "slerp", points: int = 8, rows: int = 8, classes: int = 16,
-           seed: int = 0, out: str | None = None) -> dict[str, str]:
-    """Writes the PNGs of one checkpoint (see the module docstring); returns name -> path."""
+           seed: int = 0, out: str | None = None, best_by: str | None = None) -> dict[str, str]:
+    """Writes the PNGs of one checkpoint (see the module docstring); returns name -> path.
+
+    `best_by` (with `step='best'`): 'FID' or 'IS'; None takes the run's `eval.best_by`
+    (FID in runs configured before it existed).
+    """
     config = workdir_lib.read_config(workdir)
     if "run" not in config:
         raise ValueError(f"{workdir}/config.json has no 'run' section (written by an older "
                          "sagan_jax); resume the run once with this version to rewrite it.")
+    best_by = choose_best_by(config, best_by)
     gan = gan_lib.build(config, config.run.num_classes, config.run.channels)
     ckpts = checkpointing.Checkpoints(workdir, config.checkpoint.keep, read_only=True)
     try:
-        chosen = _resolve_step(workdir, step, generator, ckpts.all_steps())
+        chosen = _resolve_step(workdir, step, generator, ckpts.all_steps(), best_by)
         like = train_step.create_train_state(gan, config, jax.random.key(0))
         state = ckpts.restore(chosen, jax.device_put(like, parallel.replicated_sharding(
             parallel.create_mesh(jax.devices()[:1]))))
@@ -150,11 +174,12 @@ def render(workdir: str, step: str = "last", generator: str = "ema", bn: str = "
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    startup.init()
     try:
+        startup.init(allow_cpu=FLAGS.allow_cpu,
+                     compile_cache=startup.compile_cache_setting(FLAGS.workdir))
         paths = render(FLAGS.workdir, FLAGS.step, FLAGS.generator, FLAGS.bn,
                        FLAGS.interpolation, FLAGS.points, FLAGS.rows, FLAGS.classes,
-                       FLAGS.seed, FLAGS.out)
+                       FLAGS.seed, FLAGS.out, FLAGS.best_by)
     except (ValueError, OSError) as e:
         sys.exit(f"error: {' '.join(str(e).split())}")
     for path in paths.values():
