@@ -15,7 +15,7 @@ from sklearn.datasets import load_digits
 
 from configs import common
 from sagan_jax import data, parallel
-from sagan_jax.data import sources
+from sagan_jax.data import sources, tfds_datasets
 
 
 def data_config(**overrides) -> ml_collections.ConfigDict:
@@ -183,6 +183,14 @@ def test_prefetch_thread_errors_reach_the_consumer(monkeypatch):
             next(it)
 
 
+@pytest.fixture
+def servers_reachable(monkeypatch):
+    """The datasets' servers count as reachable (this machine may be offline), so that
+    TFDS's mock data or a mocked download failure stands in for the download itself."""
+    monkeypatch.setattr(tfds_datasets, "unreachable", lambda server: None)
+
+
+@pytest.mark.usefixtures("servers_reachable")
 @pytest.mark.parametrize("name, variant, split, size, num_classes", [
     ("cifar10", "labelled", "train", 32, 10),
     ("stl10", "labelled", "train+test", 48, 10),
@@ -212,7 +220,8 @@ def test_tfds_datasets(name, variant, split, size, num_classes):
     assert diff.max() <= 1.0 + 1e-4 and diff.mean() < 0.05
 
 
-def test_tfds_offline_failure_says_how_to_place_the_data(monkeypatch, tmp_path):
+@pytest.mark.usefixtures("servers_reachable")
+def test_tfds_download_failure_says_how_to_place_the_data(monkeypatch, tmp_path):
     def offline(self, *args, **kwargs):
         raise requests.exceptions.ConnectionError("Failed to resolve 'www.cs.toronto.edu'")
 

@@ -162,7 +162,7 @@ def _read_only(error: Exception) -> PermissionError:
 
 
 def _prepare(name: str, spec: TfdsSpec, data_cfg, tfds,
-             why_unreachable: Callable[[str], str | None] = unreachable):
+             why_unreachable: Callable[[str], str | None] | None = None):
     """The TFDS builder with its data prepared; an offline failure says how to place the data.
 
     Args:
@@ -170,8 +170,10 @@ def _prepare(name: str, spec: TfdsSpec, data_cfg, tfds,
       spec: how the dataset is read.
       data_cfg: the config's `data` section.
       tfds: the `tensorflow_datasets` module.
-      why_unreachable: server -> why it cannot be reached, or None (`unreachable`).
+      why_unreachable: server -> why it cannot be reached, or None (default: the
+        module's `unreachable`, looked up when called).
     """
+    why_unreachable = why_unreachable or unreachable
     try_gcs = bool(data_cfg.get("try_gcs", False))
     if try_gcs and data_cfg.data_dir:
         raise ValueError(f"data.try_gcs reads TFDS's public bucket and data.data_dir="
