@@ -14,10 +14,9 @@ other copies of the data train for the same number of epochs.
       --config.data.path=/data/animeface-character-dataset/thumb --workdir=/tmp/animeface
   python -m sagan_jax.main --config=configs/animeface.py:sngan --config.data.path=... --workdir=...
 """
-from configs import common
-
+from configs import common96
 
 
 def get_config(arg=None):
     """`arg`: optional 'sngan', 'original' and/or 'test'."""
-    return common.get_96px_config(arg, "animeface", 250)
+    return common96.get_96px_config(arg, "animeface", 250)

@@ -1,7 +1,9 @@
 """The shared config vocabulary, the `arg` parser, and the `test` and `original` variants.
 
 Every experiment file (`configs/<dataset>.py`) starts from `get_base_config()` and sets
-what its experiment changes. Configs are run from the repository root:
+what its experiment changes (the 96 px ones through `configs/common96.py`). Like this
+module, that one is a helper, not a config: it has no `get_config`. Configs are run from
+the repository root:
 `python -m sagan_jax.main --config=configs/cifar10.py:case=5 --workdir=DIR`.
 
 Lengths are given in epochs or in steps (`train.num_epochs` / `train.num_steps`, and
@@ -136,7 +138,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.eval.kid_seed = 2020
     c.eval.best_by = "FID"  # `render --step=best`'s default: lowest 'FID' or highest 'IS'.
 
-    # Early warnings of the original's two failures (sagan_jax/monitors.py, README).
+    # Early warnings of the original's two failures (sagan_jax/monitors.py,
+    # sagan_jax/evaluation/diversity.py, README).
     c.monitor = ml_collections.ConfigDict()
     c.monitor.d_jump_short = 20  # Steps in the recent mean of D's loss...
     c.monitor.d_jump_long = 500  # ...against the median / MAD of the steps before them.
@@ -184,37 +187,6 @@ def make_original(c: ml_collections.ConfigDict) -> None:
     c.model.bn_unbiased_var = True
     c.train.matmul_precision = "highest"
     c.eval.best_by = "IS"
-
-
-def get_96px_config(arg: str | None, name: str, epochs: int,
-                    original_stretches: bool = False) -> ml_collections.ConfigDict:
-    """The original's 96 px SAGAN runs (AnimeFace, Flowers), or `sngan` for comparison.
-
-    SAGAN: attention at 24x24 (after G's third block, after D's first non-optimized
-    block), batch 128, G 5e-5 / D 2e-4, D:G 1:1, BN statistics per device (the original
-    wrapped G and D in `DataParallel`). `sngan`: no attention, D:G 5:1.
-
-    Args:
-      arg: optional 'sngan', 'original' and/or 'test'.
-      name: the dataset's `data.name`.
-      epochs: training length of the original's write-up.
-      original_stretches: with `original`, stretch non-square images to the square
-        instead of cropping (the original's Oxford Flowers).
-    """
-    args = parse_arg(arg, {"sngan": bool, "original": bool, "test": bool})
-    c = get_base_config()
-    c.data.name = name
-    c.model.resolution = 96
-    c.model.g_attention = c.model.d_attention = () if args.get("sngan") else (24,)
-    c.update_rule.n_dis = 5 if args.get("sngan") else 1
-    c.optim.g_lr, c.optim.d_lr = 5e-5, 2e-4
-    c.train.batch_size = 128
-    c.train.bn_sync = False
-    original_protocol(c, epochs)
-    c.log.grid_classes = 16
-    c.data.center_crop = not (original_stretches and args.get("original"))
-    finish(c, args)
-    return c
 
 
 def finish(c: ml_collections.ConfigDict, args: dict) -> None:

@@ -11,9 +11,9 @@ square; `original` stretches them to 96x96 as the original did, and trains 401 e
   python -m sagan_jax.main --config=configs/flowers.py --workdir=/tmp/flowers
   python -m sagan_jax.main --config=configs/flowers.py:sngan --workdir=/tmp/flowers_sngan
 """
-from configs import common
+from configs import common96
 
 
 def get_config(arg=None):
     """`arg`: optional 'sngan', 'original' and/or 'test'."""
-    return common.get_96px_config(arg, "oxford_flowers102", 400, original_stretches=True)
+    return common96.get_96px_config(arg, "oxford_flowers102", 400, original_stretches=True)

@@ -20,8 +20,6 @@ import optax
 from sagan_jax import parallel
 from sagan_jax.models import Discriminator, Generator, build_models
 
-DTYPES = ("float32", "bfloat16")
-
 
 @dataclasses.dataclass(frozen=True)
 class GAN:
@@ -107,10 +105,9 @@ def build(config: Any, num_classes: int, channels: int) -> GAN:
       channels: image channels.
 
     Raises:
-      ValueError: an unknown dtype or learning-rate scaling, one line.
+      ValueError: an unknown model switch (see `models.build_models`) or learning-rate
+        scaling, one line.
     """
-    if config.model.dtype not in DTYPES:
-        raise ValueError(f"unknown model.dtype {config.model.dtype!r}; set it to one of {DTYPES}.")
     n = num_classes if config.model.conditional else 0
     g, d = build_models(config.model, n, channels,
                         parallel.DATA_AXIS if config.train.bn_sync else None)

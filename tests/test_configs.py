@@ -2,6 +2,7 @@
 lengths in epochs resolve at run time; the `original` and `test` arguments."""
 import importlib
 import math
+import pathlib
 
 import pytest
 
@@ -92,6 +93,15 @@ def test_96px_configs(name, data, epochs, num_train):
     assert c.train.bn_sync is False  # The original's DataParallel: statistics per device.
     sngan = load(name, "sngan")
     assert sngan.update_rule.n_dis == 5 and sngan.model.g_attention == ()
+
+
+def test_every_file_is_a_config_or_one_of_the_helpers():
+    """`--config=configs/<file>.py` takes every file but the two helpers, which have no
+    `get_config`."""
+    names = {p.stem for p in (pathlib.Path(common.__file__).parent).glob("*.py")}
+    helpers = {n for n in names if not hasattr(importlib.import_module(f"configs.{n}"), "get_config")}
+    assert helpers == {"common", "common96"}
+    assert names - helpers == {"animeface", "cifar10", "digits", "flowers", "stl10"}
 
 
 def test_digits_quick_start_is_conditional_and_offline():

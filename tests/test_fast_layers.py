@@ -17,6 +17,7 @@ so the two differ by about one bf16 unit of the values' size. So in bf16 each fo
 compared with the float32 result: the fast form must be as accurate as the direct one
 to within one bf16 unit (2^-8 of the largest value), and within 2^-7 outright.
 """
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -176,7 +177,7 @@ def test_shortcut_repeats_after_the_conv_with_the_same_values(sn):
 def test_gblock_equals_the_direct_transcription():
     x = jax.random.normal(jax.random.key(0), (4, 4, 4, 16))
     labels = jnp.array([0, 2, 1, 2])
-    fast = GBlock(8, num_classes=3, cbn_init="xavier")
+    fast = GBlock(8, SNConv, functools.partial(ConditionalBatchNorm, 3, cbn_init="xavier"))
     variables = fast.init({"params": jax.random.key(1)}, x, labels)
     variables = {**variables, "params": _random_biases(variables["params"], jax.random.key(2))}
     # The same variables fit the direct form: the fast form changed no name or shape.

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sagan_jax.models import SN_COLLECTION
-from sagan_jax.models.layers import ConditionalBatchNorm, SelfAttention
+from sagan_jax.models.layers import ConditionalBatchNorm, SelfAttention, SNConv
 
 
 def _np_sn_conv1x1(x, params, sn_state):
@@ -38,8 +38,8 @@ def _np_attention(x, params, sn_state):
 
 def _init_attention(x):
     """Initial variables after one training pass, so that u and v are power-iterated."""
-    variables = SelfAttention().init({"params": jax.random.key(0)}, x)
-    _, state = SelfAttention().apply(variables, x, train=True, mutable=[SN_COLLECTION])
+    variables = SelfAttention(SNConv).init({"params": jax.random.key(0)}, x)
+    _, state = SelfAttention(SNConv).apply(variables, x, train=True, mutable=[SN_COLLECTION])
     return {**variables, **state}
 
 
@@ -47,7 +47,7 @@ def test_attention_with_zero_gamma_is_identity():
     x = jax.random.normal(jax.random.key(1), (2, 8, 8, 16))
     variables = _init_attention(x)
     assert float(variables["params"]["gamma"]) == 0.0
-    np.testing.assert_array_equal(SelfAttention().apply(variables, x), x)
+    np.testing.assert_array_equal(SelfAttention(SNConv).apply(variables, x), x)
 
 
 def test_attention_matches_numpy_formula():
@@ -59,7 +59,7 @@ def test_attention_matches_numpy_formula():
     for i, name in enumerate(("theta", "phi", "g", "o")):
         params[name]["bias"] = np.linspace(-0.5, 0.5, params[name]["bias"].size).astype(np.float32) * (i + 1)
     variables = {"params": params, SN_COLLECTION: variables[SN_COLLECTION]}
-    out = SelfAttention().apply(variables, x)
+    out = SelfAttention(SNConv).apply(variables, x)
     ref = _np_attention(np.asarray(x, np.float64), params, variables[SN_COLLECTION])
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
     assert np.abs(ref - np.asarray(x)).max() > 0.1  # the attention term is not negligible

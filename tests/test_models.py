@@ -75,8 +75,8 @@ def _model_config(**fields):
 
 def test_build_models_reads_the_switches():
     g, d = build_models(_model_config(sn_mode="original", init="original", cbn_init="xavier"), 3, 3)
-    assert (g.sn_mode, g.param_init, g.cbn_init) == ("original", "original", "xavier")
-    assert (d.sn_mode, d.param_init) == ("original", "original")
+    assert (g.sn_settings.mode, g.param_init, g.cbn_init) == ("original", "original", "xavier")
+    assert (d.sn_settings.mode, d.param_init) == ("original", "original")
     z, labels = jnp.zeros((2, g.z_dim)), jnp.array([0, 2])
     g_vars = jax.eval_shape(lambda: g.init({"params": jax.random.key(0)}, z, labels))
     d_vars = jax.eval_shape(lambda: d.init({"params": jax.random.key(0)}, jnp.zeros((2, 16, 16, 3)), labels))
@@ -96,18 +96,27 @@ def test_build_models_reads_the_switches():
     ("init", "he", "model.init"),
     ("cbn_init", "ones", "model.cbn_init"),
     ("sn_iters", 2, "sn_iters=1"),
+    ("dtype", "float16", "model.dtype"),
 ])
 def test_build_models_rejects_unknown_switches(field, value, message):
     fields = dict(sn_mode="original", init="xavier", cbn_init="zeros")
     fields[field] = value
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=message) as e:
         build_models(_model_config(**fields), 3, 3)
+    assert "\n" not in str(e.value)
+
+
+def test_module_defaults_are_the_configs():
+    """G and D built without arguments are those of `configs/common.py`'s model section
+    (for 3-channel data without classes): no module default contradicts the config."""
+    assert build_models(get_base_config().model, 0, 3) == (Generator(), Discriminator())
+    assert Generator().attention == Discriminator().attention == ()
 
 
 def test_attention_placement_follows_seed():
     """32 px: after G's first block (8x8) and after the D block that follows the optimized one."""
-    g = Generator(resolution=32, num_classes=0, width=1 / 16)
-    d = Discriminator(resolution=32, num_classes=0, width=1 / 16)
+    g = Generator(resolution=32, num_classes=0, attention=(8,), width=1 / 16)
+    d = Discriminator(resolution=32, num_classes=0, attention=(8,), width=1 / 16)
     g_vars = jax.eval_shape(lambda: g.init({"params": jax.random.key(0)}, jnp.zeros((1, 128))))
     d_vars = jax.eval_shape(lambda: d.init({"params": jax.random.key(0)}, jnp.zeros((1, 32, 32, 3))))
     assert "attention0" in g_vars["params"] and "attention1" in d_vars["params"]
@@ -127,8 +136,9 @@ def test_conditional_projection_term():
     assert np.abs(np.asarray(d.apply(same_rows, x, jnp.array([2, 2, 2]))) - np.asarray(a)).max() > 1e-4
 
 
+@pytest.mark.slow
 def test_bfloat16_forward_keeps_float32_parameters():
-    kwargs = dict(resolution=16, num_classes=4, width=1 / 8, z_dim=32)
+    kwargs = dict(resolution=16, num_classes=4, attention=(8,), width=1 / 8, z_dim=32)
     z = jax.random.normal(jax.random.key(1), (4, 32))
     labels = jnp.arange(4)
     g32 = Generator(**kwargs)
@@ -142,7 +152,7 @@ def test_bfloat16_forward_keeps_float32_parameters():
     # Same function up to bf16 rounding (8 bits of mantissa).
     assert float(jnp.abs(out16 - out32).max()) < 0.1
     assert float(jnp.abs(out16 - out32).mean()) < 0.02
-    d16 = Discriminator(dtype=jnp.bfloat16, resolution=16, num_classes=4, width=1 / 8)
+    d16 = Discriminator(dtype=jnp.bfloat16, resolution=16, num_classes=4, attention=(8,), width=1 / 8)
     d_vars = d16.init({"params": jax.random.key(2)}, out16, labels)
     assert {x.dtype for x in jax.tree_util.tree_leaves(d_vars)} == {jnp.dtype(jnp.float32)}
     assert d16.apply(d_vars, out16, labels).dtype == jnp.float32

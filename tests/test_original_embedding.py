@@ -86,7 +86,7 @@ def test_init_is_linear_default_and_u_runs_over_the_channels(resolution, classes
     """U(+-1/sqrt(K)) (KS test against the uniform law, and against torch.nn.Linear(K, C)'s
     own draw), at D's channel count C; D's `u` of the embedding has length C."""
     d = Discriminator(resolution=resolution, num_classes=classes,
-                      attention=get_architecture(resolution).d_attention, sn_mode="original",
+                      attention=get_architecture(resolution).d_attention, sn_settings=ORIGINAL,
                       param_init="original")
     labels = jnp.zeros((1,), jnp.int32)
     shapes = jax.eval_shape(lambda: d.init(

@@ -9,6 +9,7 @@ import pytest
 
 from sagan_jax.models import SN_COLLECTION, Generator
 from sagan_jax.models.layers import ConditionalBatchNorm
+from sagan_jax.models.spectral_norm import SNSettings
 
 try:
     import torch
@@ -88,7 +89,7 @@ def _eval_after_training(unbiased):
     """|ours - torch| of eval-mode G after three training-mode calls, and the running
     variances' largest relative difference."""
     g = Generator(resolution=32, num_classes=CLASSES, attention=(8,), width=1 / 16, z_dim=Z_DIM,
-                  sn_mode="original", param_init="original", cbn_init="xavier",
+                  sn_settings=SNSettings("original"), param_init="original", cbn_init="xavier",
                   bn_unbiased_var=unbiased)
     z, y, _, _ = _inputs(0)
     variables = flax.core.unfreeze(g.init({"params": jax.random.key(0)}, z, y))

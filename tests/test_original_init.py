@@ -9,6 +9,7 @@ import scipy.stats
 
 from sagan_jax.models import SN_COLLECTION, Discriminator, Generator
 from sagan_jax.models.layers import ConditionalBatchNorm, SNConv, SNDense, SNEmbed
+from sagan_jax.models.spectral_norm import SNSettings
 
 try:
     import torch
@@ -137,7 +138,8 @@ def original_sigma_table(variables):
 
 def original_model_at_init(seed=0):
     """The 32 px conditional model (10 classes, attention at 8x8) with the original SN and init."""
-    kwargs = dict(resolution=32, num_classes=10, attention=(8,), sn_mode="original", param_init="original")
+    kwargs = dict(resolution=32, num_classes=10, attention=(8,), sn_settings=SNSettings("original"),
+                  param_init="original")
     g, d = Generator(cbn_init="xavier", **kwargs), Discriminator(**kwargs)
     g_key, d_key = jax.random.split(jax.random.key(seed))
     labels = jnp.zeros((1,), jnp.int32)

@@ -16,6 +16,11 @@ Initialisation (`param_init`; `model.init` in the config):
   U(+-1/sqrt(K)) for K classes (see `SNEmbed` for its spectral norm).
 The conditional BN embeddings have their own switch (`cbn_init`): 'zeros' (plain BN at
 the start) or 'xavier' (the original's, so gamma = 1 + E_g(y) != 1 at the start).
+
+The switches are the fields of the leaf layers (`SNDense`, `SNConv`, `SNEmbed`,
+`ConditionalBatchNorm`); the blocks take those layers as module factories (`conv`,
+`norm`) with the switches already bound, as flax's ResNet passes `conv` and `norm`.
+The switches are checked once, where a config becomes modules (`networks.build_models`).
 """
 from __future__ import annotations
 
@@ -29,6 +34,8 @@ import jax.numpy as jnp
 from sagan_jax.models.spectral_norm import SNSettings, normalized_param
 
 Dtype = Any
+# A layer class, or a `functools.partial` of one with some fields bound.
+ModuleDef = Callable[..., nn.Module]
 INITS = ("xavier", "original")
 CBN_INITS = ("zeros", "xavier")
 _KERNEL_INITS = {
@@ -45,15 +52,8 @@ _EMBEDDING_INITS = {
 }
 
 
-def _choose(table: dict, name: str, field: str) -> Any:
-    if name not in table:
-        raise ValueError(f"unknown model.{field} {name!r}; set it to one of {tuple(table)}.")
-    return table[name]
-
-
 def _bias_init(init: str, sn: bool, fan_in: int) -> Callable[..., jax.Array]:
     """Zero, except PyTorch's default U(+-1/sqrt(fan_in)) for 'original' layers without SN."""
-    _choose(_KERNEL_INITS, init, "init")
     if init == "original" and not sn:
         bound = fan_in ** -0.5
         return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
@@ -74,7 +74,7 @@ class SNDense(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         fan_in = x.shape[-1]
         kernel = normalized_param(
-            self, "kernel", (fan_in, self.features), _choose(_KERNEL_INITS, self.param_init, "init"),
+            self, "kernel", (fan_in, self.features), _KERNEL_INITS[self.param_init],
             enabled=self.sn, update=train, settings=self.sn_settings,
         )
         y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
@@ -90,7 +90,9 @@ class SNConv(nn.Module):
     `upsample`: the input is first enlarged 2x by repeating each pixel (nearest
     neighbour), as in G's up-blocks; the result is that of the convolution of the
     enlarged input, computed at the input's resolution (see `_conv3_of_upsampled`; a
-    1x1 conv is applied before the repetition, which gives the same values bit for bit).
+    1x1 conv is applied before the repetition, which gives the same values up to float32
+    round-off: measured on this 2-core CPU, bit for bit with JAX 0.10, while JAX 0.12's
+    matrix product, blocking the 4x rows differently, was 1 ulp off at some shapes).
     1x1 convolutions are matrix products (`einsum`): the same values up to round-off,
     and XLA:CPU ran them, gradients included, about twice as fast as convolutions
     (benchmarks/RESULTS.md).
@@ -112,7 +114,7 @@ class SNConv(nn.Module):
             raise ValueError(f"SNConv(upsample=True) has kernel_size {k}; only 1 and 3 are implemented.")
         kernel = normalized_param(
             self, "kernel", (k, k, x.shape[-1], self.features),
-            _choose(_KERNEL_INITS, self.param_init, "init"),
+            _KERNEL_INITS[self.param_init],
             enabled=self.sn, update=train, settings=self.sn_settings,
         )
         x = x.astype(self.dtype)
@@ -200,7 +202,7 @@ class SNEmbed(nn.Module):
     def __call__(self, labels: jax.Array, train: bool = False) -> jax.Array:
         table = normalized_param(
             self, "embedding", (self.num_embeddings, self.features),
-            _choose(_EMBEDDING_INITS, self.param_init, "init"),
+            _EMBEDDING_INITS[self.param_init],
             enabled=self.sn, update=train, settings=self.sn_settings,
             out_axis=-1 if self.sn_settings.mode == "original" else 0,
         )
@@ -270,8 +272,6 @@ class ConditionalBatchNorm(nn.Module):
             unbiased_var=self.unbiased_var, name="bn",
         )(x.astype(jnp.float32))
         if conditional:
-            if self.cbn_init not in CBN_INITS:
-                raise ValueError(f"unknown model.cbn_init {self.cbn_init!r}; set it to one of {CBN_INITS}.")
             embed = functools.partial(SNEmbed, self.num_classes, x.shape[-1], sn=False, param_init=self.cbn_init)
             gamma = 1.0 + embed(name="gamma")(labels)
             beta = embed(name="beta")(labels)
@@ -288,30 +288,28 @@ class SelfAttention(nn.Module):
 
     theta = conv1x1(C -> C/8); phi = maxpool2(conv1x1(C -> C/8)); g = maxpool2(conv1x1(
     C -> C/2)); beta = softmax over the HW/4 keys of theta . phi^T; o = conv1x1(C/2 -> C)(
-    beta . g). All four convs are SN'd and have biases (docs/original.md).
+    beta . g). All four convs are SN'd and have biases (docs/original.md). The softmax
+    is computed in float32, the rest in the dtype of `x` (the network's compute dtype).
+
+    Attributes:
+      conv: the network's `SNConv` factory (SN, initialisation and dtype bound).
     """
 
-    sn: bool = True
-    sn_settings: SNSettings = SNSettings()
-    param_init: str = "xavier"
-    dtype: Dtype = jnp.float32
+    conv: ModuleDef
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         b, h, w, c = x.shape
-        conv = functools.partial(
-            SNConv, kernel_size=1, sn=self.sn, sn_settings=self.sn_settings, param_init=self.param_init,
-            dtype=self.dtype,
-        )
+        conv = functools.partial(self.conv, kernel_size=1)
         theta = conv(c // 8, name="theta")(x, train).reshape(b, h * w, c // 8)
         phi = _max_pool2(conv(c // 8, name="phi")(x, train)).reshape(b, h * w // 4, c // 8)
         g = _max_pool2(conv(c // 2, name="g")(x, train)).reshape(b, h * w // 4, c // 2)
         logits = jnp.einsum("bqc,bkc->bqk", theta, phi).astype(jnp.float32)
-        beta = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+        beta = jax.nn.softmax(logits, axis=-1).astype(x.dtype)
         o = jnp.einsum("bqk,bkc->bqc", beta, g).reshape(b, h, w, c // 2)
         o = conv(c, name="o")(o, train)
         gamma = self.param("gamma", nn.initializers.zeros, ())
-        return x + gamma.astype(self.dtype) * o
+        return x + gamma.astype(x.dtype) * o
 
 
 def _upsample2(x: jax.Array) -> jax.Array:
@@ -327,32 +325,26 @@ class GBlock(nn.Module):
 
     The upsampling is done inside the two convs that follow it (`SNConv.upsample`), at
     the input's resolution.
+
+    Attributes:
+      features: output channels.
+      conv: the network's `SNConv` factory (SN, initialisation and dtype bound).
+      norm: the network's `ConditionalBatchNorm` factory (classes, BN axis, dtype,
+        embedding initialisation and running variance bound).
+      upsample: doubles the height and width.
     """
 
     features: int
+    conv: ModuleDef
+    norm: ModuleDef
     upsample: bool = True
-    num_classes: int = 0
-    sn: bool = True
-    sn_settings: SNSettings = SNSettings()
-    param_init: str = "xavier"
-    cbn_init: str = "zeros"
-    bn_axis_name: Optional[str] = None
-    dtype: Dtype = jnp.float32
-    bn_unbiased_var: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, labels: Optional[jax.Array], train: bool = False) -> jax.Array:
-        conv = functools.partial(
-            SNConv, self.features, sn=self.sn, sn_settings=self.sn_settings, param_init=self.param_init,
-            dtype=self.dtype,
-        )
-        bn = functools.partial(
-            ConditionalBatchNorm, self.num_classes, self.bn_axis_name, self.dtype, self.cbn_init,
-            self.bn_unbiased_var,
-        )
-        h = nn.relu(bn(name="bn1")(x, labels, train))
+        conv = functools.partial(self.conv, self.features)
+        h = nn.relu(self.norm(name="bn1")(x, labels, train))
         h = conv(3, upsample=self.upsample, name="conv1")(h, train)
-        h = nn.relu(bn(name="bn2")(h, labels, train))
+        h = nn.relu(self.norm(name="bn2")(h, labels, train))
         h = conv(3, name="conv2")(h, train)
         shortcut = x
         if self.upsample or x.shape[-1] != self.features:
@@ -366,20 +358,22 @@ class DBlock(nn.Module):
     Ordinary: ReLU-conv3-ReLU-conv3-(avgpool2) + conv1x1-(avgpool2) shortcut (the conv
     only when channels change or it downsamples). Optimized (the first block): conv3-
     ReLU-conv3-avgpool2 + avgpool2-conv1x1 shortcut.
+
+    Attributes:
+      features: output channels.
+      conv: the network's `SNConv` factory (SN, initialisation and dtype bound).
+      downsample: halves the height and width.
+      optimized: the first block's form.
     """
 
     features: int
+    conv: ModuleDef
     downsample: bool = True
     optimized: bool = False
-    sn_settings: SNSettings = SNSettings()
-    param_init: str = "xavier"
-    dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        conv = functools.partial(
-            SNConv, self.features, sn_settings=self.sn_settings, param_init=self.param_init, dtype=self.dtype
-        )
+        conv = functools.partial(self.conv, self.features)
         h = x if self.optimized else nn.relu(x)
         h = conv(3, name="conv1")(h, train)
         h = conv(3, name="conv2")(nn.relu(h), train)

@@ -3,6 +3,11 @@
 An attention block follows the first block whose output resolution is listed in
 `attention` (so D's 8x8 attention at 32 px follows the block after the optimized one,
 as in docs/original.md).
+
+Each network binds its switches (spectral norm, initialisation, dtype, and G's batch
+norm) into layer factories once, `dense`, `conv`, `embed` and `norm`, and hands those to
+its blocks, as flax's ImageNet ResNet passes `conv` and `norm`. The defaults are those
+of `configs/common.py`; `build_models` checks a config's switches, once.
 """
 from __future__ import annotations
 
@@ -15,7 +20,15 @@ import jax.numpy as jnp
 
 from sagan_jax.models import layers
 from sagan_jax.models.architectures import get_architecture, scale_channels
-from sagan_jax.models.spectral_norm import SN_MODES, SNSettings
+from sagan_jax.models.spectral_norm import SNSettings
+
+DTYPES = ("float32", "bfloat16")
+
+
+def _sn_layers(sn_settings: SNSettings, param_init: str, dtype: Any) -> tuple[layers.ModuleDef, ...]:
+    """`SNDense`, `SNConv` and `SNEmbed` with a network's switches bound."""
+    return tuple(functools.partial(cls, sn_settings=sn_settings, param_init=param_init, dtype=dtype)
+                 for cls in (layers.SNDense, layers.SNConv, layers.SNEmbed))
 
 
 class Generator(nn.Module):
@@ -31,9 +44,7 @@ class Generator(nn.Module):
       z_dim: latent size.
       dtype: compute dtype; parameters stay float32 and the image comes out float32.
       bn_axis_name: mesh axis to sync BN statistics over (None = per replica).
-      sn_mode: 'standard' or 'original' spectral norm (see `spectral_norm`).
-      sn_iters: power-iteration steps per training forward pass ('standard').
-      sn_eps: numerical guard of SN ('standard').
+      sn_settings: the spectral norm's mode, power steps and eps (see `spectral_norm`).
       param_init: 'xavier' or 'original' initialisation (see `layers`).
       cbn_init: 'zeros' or 'xavier' conditional BN embeddings.
       bn_unbiased_var: BN running variances unbiased, as PyTorch keeps them.
@@ -41,16 +52,14 @@ class Generator(nn.Module):
 
     resolution: int = 32
     num_classes: int = 0
-    attention: Sequence[int] = (8,)
+    attention: Sequence[int] = ()
     sn: bool = True
     width: float = 1.0
     channels: int = 3
     z_dim: int = 128
     dtype: Any = jnp.float32
     bn_axis_name: Optional[str] = None
-    sn_mode: str = "standard"
-    sn_iters: int = 1
-    sn_eps: float = 1e-12
+    sn_settings: SNSettings = SNSettings()
     param_init: str = "xavier"
     cbn_init: str = "zeros"
     bn_unbiased_var: bool = False
@@ -58,28 +67,24 @@ class Generator(nn.Module):
     @nn.compact
     def __call__(self, z: jax.Array, labels: Optional[jax.Array] = None, train: bool = False) -> jax.Array:
         arch = get_architecture(self.resolution)
-        sn_args = dict(sn_settings=SNSettings(self.sn_mode, self.sn_iters, self.sn_eps),
-                       param_init=self.param_init, dtype=self.dtype)
+        dense, conv, _ = (functools.partial(f, sn=self.sn)
+                          for f in _sn_layers(self.sn_settings, self.param_init, self.dtype))
+        norm = functools.partial(
+            layers.ConditionalBatchNorm, num_classes=self.num_classes, axis_name=self.bn_axis_name,
+            dtype=self.dtype, cbn_init=self.cbn_init, unbiased_var=self.bn_unbiased_var,
+        )
         c0 = scale_channels(arch.g_base_channels, self.width)
-        h = layers.SNDense(arch.g_base * arch.g_base * c0, sn=self.sn, name="dense", **sn_args)(z, train)
+        h = dense(arch.g_base * arch.g_base * c0, name="dense")(z, train)
         h = h.reshape(z.shape[0], arch.g_base, arch.g_base, c0)
         pending_attention = set(self.attention)
         for i, out in enumerate(arch.g_blocks):
-            h = layers.GBlock(
-                scale_channels(out, self.width), num_classes=self.num_classes, sn=self.sn,
-                cbn_init=self.cbn_init, bn_axis_name=self.bn_axis_name,
-                bn_unbiased_var=self.bn_unbiased_var, name=f"block{i}", **sn_args,
-            )(h, labels, train)
+            block = layers.GBlock(scale_channels(out, self.width), conv, norm, name=f"block{i}")
+            h = block(h, labels, train)
             if h.shape[1] in pending_attention:
                 pending_attention.discard(h.shape[1])
-                h = layers.SelfAttention(sn=self.sn, name=f"attention{i}", **sn_args)(h, train)
-        h = layers.ConditionalBatchNorm(
-            self.num_classes, self.bn_axis_name, self.dtype, self.cbn_init, self.bn_unbiased_var,
-            name="bn_out",
-        )(h, labels, train)
-        h = layers.SNConv(
-            self.channels, 3, sn=self.sn and arch.g_out_sn, name="conv_out", **sn_args
-        )(nn.relu(h), train)
+                h = layers.SelfAttention(conv, name=f"attention{i}")(h, train)
+        h = norm(name="bn_out")(h, labels, train)
+        h = conv(self.channels, 3, sn=self.sn and arch.g_out_sn, name="conv_out")(nn.relu(h), train)
         return jnp.tanh(h.astype(jnp.float32))
 
 
@@ -92,59 +97,49 @@ class Discriminator(nn.Module):
       attention: resolutions after which an attention block runs (empty = none).
       width: channel multiplier.
       channels: image channels (1 or 3).
-      dtype: compute dtype; parameters and the logits are float32.
-      sn_mode: 'standard' or 'original' spectral norm (see `spectral_norm`).
-      sn_iters: power-iteration steps per training forward pass ('standard').
-      sn_eps: numerical guard of SN ('standard').
+      dtype: compute dtype of the blocks; parameters, the head and the logits are float32.
+      sn_settings: the spectral norm's mode, power steps and eps (see `spectral_norm`).
       param_init: 'xavier' or 'original' initialisation (see `layers`).
     """
 
     resolution: int = 32
     num_classes: int = 0
-    attention: Sequence[int] = (8,)
+    attention: Sequence[int] = ()
     width: float = 1.0
     channels: int = 3
     dtype: Any = jnp.float32
-    sn_mode: str = "standard"
-    sn_iters: int = 1
-    sn_eps: float = 1e-12
+    sn_settings: SNSettings = SNSettings()
     param_init: str = "xavier"
 
     @nn.compact
     def __call__(self, x: jax.Array, labels: Optional[jax.Array] = None, train: bool = False) -> jax.Array:
         arch = get_architecture(self.resolution)
-        sn_settings = SNSettings(self.sn_mode, self.sn_iters, self.sn_eps)
-        sn_args = dict(sn_settings=sn_settings, param_init=self.param_init, dtype=self.dtype)
+        dense, conv, embed = _sn_layers(self.sn_settings, self.param_init, self.dtype)
         h = x.astype(self.dtype)
         pending_attention = set(self.attention)
         for i, (out, down) in enumerate(arch.d_blocks):
-            h = layers.DBlock(
-                scale_channels(out, self.width), downsample=down, optimized=i == 0,
-                name=f"block{i}", **sn_args,
-            )(h, train)
+            h = layers.DBlock(scale_channels(out, self.width), conv, downsample=down, optimized=i == 0,
+                              name=f"block{i}")(h, train)
             if h.shape[1] in pending_attention:
                 pending_attention.discard(h.shape[1])
-                h = layers.SelfAttention(name=f"attention{i}", **sn_args)(h, train)
+                h = layers.SelfAttention(conv, name=f"attention{i}")(h, train)
         # Global SUM pooling, as in SNGAN (not a mean).
         features = jnp.sum(nn.relu(h).astype(jnp.float32), axis=(1, 2))
         # D's penultimate features, for the class-wise collapse check without Inception
         # (read with `mutable=["intermediates"]`).
         self.sow("intermediates", "features", features)
-        logits = layers.SNDense(
-            1, sn=arch.d_out_sn, sn_settings=sn_settings, param_init=self.param_init, name="dense_out"
-        )(features, train)[:, 0]
+        logits = dense(1, sn=arch.d_out_sn, dtype=jnp.float32, name="dense_out")(features, train)[:, 0]
         if self.num_classes > 0:
-            embed = layers.SNEmbed(
-                self.num_classes, features.shape[-1], sn_settings=sn_settings, param_init=self.param_init,
-                name="embed",
-            )(labels, train)
-            logits = logits + jnp.sum(features * embed, axis=-1)
+            table = embed(self.num_classes, features.shape[-1], dtype=jnp.float32, name="embed")
+            logits = logits + jnp.sum(features * table(labels, train), axis=-1)
         return logits
 
 
 def build_models(model_cfg: Any, num_classes: int, channels: int,
                  bn_axis_name: Optional[str] = None) -> tuple[Generator, Discriminator]:
     """G and D from a `model` config section (see configs/ and the README).
+
+    The one place where the config's layer switches are checked.
 
     Args:
       model_cfg: has resolution, width, z_dim, conditional, g_attention, d_attention,
@@ -156,23 +151,21 @@ def build_models(model_cfg: Any, num_classes: int, channels: int,
       bn_axis_name: mesh axis for synced BN statistics, or None.
 
     Raises:
-      ValueError: an unknown sn_mode, init or cbn_init, or sn_iters other than 1 with
-        the original SN.
+      ValueError: an unknown dtype, sn_mode, init or cbn_init, or sn_iters other than 1
+        with the original SN, in one line.
     """
-    for field, allowed in (("sn_mode", SN_MODES), ("init", layers.INITS), ("cbn_init", layers.CBN_INITS)):
+    for field, allowed in (("dtype", DTYPES), ("init", layers.INITS), ("cbn_init", layers.CBN_INITS)):
         if getattr(model_cfg, field) not in allowed:
             raise ValueError(f"unknown model.{field} {getattr(model_cfg, field)!r}; "
                              f"set it to one of {allowed}.")
-    SNSettings(model_cfg.sn_mode, model_cfg.sn_iters, model_cfg.sn_eps)  # fails early, clearly
-    n = num_classes if model_cfg.conditional else 0
-    common = functools.partial(
-        dict, resolution=model_cfg.resolution, num_classes=n, width=model_cfg.width,
-        channels=channels, dtype=jnp.dtype(model_cfg.dtype), sn_mode=model_cfg.sn_mode,
-        sn_iters=model_cfg.sn_iters, sn_eps=model_cfg.sn_eps, param_init=model_cfg.init,
+    common = dict(
+        resolution=model_cfg.resolution, num_classes=num_classes if model_cfg.conditional else 0,
+        width=model_cfg.width, channels=channels, dtype=jnp.dtype(model_cfg.dtype),
+        sn_settings=SNSettings(model_cfg.sn_mode, model_cfg.sn_iters, model_cfg.sn_eps),
+        param_init=model_cfg.init,
     )
-    g = Generator(**common(attention=tuple(model_cfg.g_attention), sn=model_cfg.g_sn,
-                           z_dim=model_cfg.z_dim, bn_axis_name=bn_axis_name,
-                           cbn_init=model_cfg.cbn_init,
-                           bn_unbiased_var=bool(model_cfg.get("bn_unbiased_var", False))))
-    d = Discriminator(**common(attention=tuple(model_cfg.d_attention)))
+    g = Generator(attention=tuple(model_cfg.g_attention), sn=model_cfg.g_sn, z_dim=model_cfg.z_dim,
+                  bn_axis_name=bn_axis_name, cbn_init=model_cfg.cbn_init,
+                  bn_unbiased_var=bool(model_cfg.get("bn_unbiased_var", False)), **common)
+    d = Discriminator(attention=tuple(model_cfg.d_attention), **common)
     return g, d
