@@ -47,7 +47,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for `con
 # pylint: disable=wrong-import-position
 from configs import animeface, cifar10
 from eval_benchmark import random_inception_variables
-from sagan_jax import gan as gan_lib, parallel, train_step
+from sagan_jax import gan as gan_lib, parallel, sampling, train_step
 from sagan_jax.evaluation import inception, scores
 from sagan_jax.evaluation.evaluator import Evaluator
 from train_step_benchmark import compile_step
@@ -86,7 +86,7 @@ def step_row(device: str, name: str, dtype: str, mesh, args) -> None:
         probe, _, _ = step.run(5 * k)
         calls = max(5, round(args.min_time_s / (probe * k)))
     seconds, _, metrics = step.run(calls * k)
-    loss = float(np.asarray(metrics["d_loss"]).reshape(-1)[-1])
+    loss = float(np.asarray(metrics["d_loss"])[-1])
     b = config.train.batch_size
     print_row(device, f"{name} step", dtype, b, seconds * 1e3, b / seconds,
               step.flops / seconds / 1e12, step.compile_s, "-",
@@ -111,7 +111,7 @@ def score_rows(device: str, mesh, args) -> None:
     config.eval.batch_size = args.eval_batch
     gan = gan_lib.build(config, 10, 3)
     state = train_step.create_train_state(gan, config, jax.random.key(0))
-    gen_fn = train_step.make_generate_fn(gan, mesh)
+    gen_fn = sampling.make_generate_fn(gan, mesh)
     generate = lambda key, labels: gen_fn(state.ema_params, state.ema_state, key, labels)  # noqa: E731
     variables = (inception.load_variables(args.weights) if args.weights
                  else random_inception_variables())

@@ -33,7 +33,7 @@ from flax import traverse_util
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for `configs`
 from configs import cifar10  # pylint: disable=wrong-import-position
-from sagan_jax import gan as gan_lib, parallel, train_step
+from sagan_jax import gan as gan_lib, parallel, sampling, train_step
 from sagan_jax.evaluation import inception, reference, scores
 from sagan_jax.evaluation.evaluator import Evaluator
 
@@ -89,7 +89,7 @@ def main() -> None:
     config.eval.batch_size = args.batch_size
     gan = gan_lib.build(config, NUM_CLASSES, 3)
     state = train_step.create_train_state(gan, config, jax.random.key(0))
-    gen_fn = train_step.make_generate_fn(gan, mesh)
+    gen_fn = sampling.make_generate_fn(gan, mesh)
     generate = lambda key, labels: gen_fn(state.ema_params, state.ema_state, key, labels)
     variables = (inception.load_variables(args.weights) if args.weights
                  else random_inception_variables())
@@ -116,7 +116,8 @@ def main() -> None:
     t_loop = time.perf_counter() - start
     t_scores = is_fid_seconds(features, logits, ref, sqrt_sigma_ref)
     start = time.perf_counter()
-    scores.kernel_inception_distance(features, ref.kid_features)
+    scores.kernel_inception_distance(features, ref.kid_features, config.eval.kid_subsets,
+                                     config.eval.kid_subset_size, config.eval.kid_seed)
     t_kid = time.perf_counter() - start
     rng = np.random.default_rng(2)
     t_scores_50k = is_fid_seconds(rng.random((50_000, 2048), dtype=np.float32),

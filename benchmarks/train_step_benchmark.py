@@ -32,7 +32,6 @@ import time
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for `configs`
@@ -48,7 +47,7 @@ class CompiledStep:
 
     Attributes:
       fn: the compiled step; it donates the state, so `args` is refreshed by `run`.
-      args: (state, batch, key) or, with `steps_per_call` > 1, (state, batches, key, count).
+      args: (state, batches, key, count), the batches stacked (steps_per_call, B, ...).
       steps_per_call: iterations per call.
       global_batch: real images per iteration.
       compile_s: seconds to lower and compile.
@@ -99,13 +98,8 @@ def compile_step(config: Any, num_classes: int, mesh: Any, steps_per_call: int =
     rng = np.random.default_rng(0)
     batch = {"image": rng.uniform(-1, 1, (k, b, *gan.image_shape)).astype(np.float32),
              "label": rng.integers(0, max(num_classes, 1), (k, b)).astype(np.int32)}
-    key = jax.random.key(1)
-    if k == 1:
-        one = jax.tree.map(lambda x: x[0], batch)
-        args = [state, jax.device_put(one, parallel.batch_sharding(mesh)), key]
-    else:
-        args = [state, jax.device_put(batch, parallel.stacked_batch_sharding(mesh)), key,
-                jnp.int32(k)]
+    args = [state, jax.device_put(batch, parallel.stacked_batch_sharding(mesh)),
+            jax.random.key(1), np.int32(k)]
     step = train_step.make_train_step(gan, config, mesh, steps_per_epoch=50_000 // b,
                                       steps_per_call=k)
     start = time.perf_counter()
@@ -146,7 +140,7 @@ def main() -> None:
     wall = statistics.median(r[0] for r in rounds)
     cpu = statistics.median(r[1] for r in rounds)
     metrics = rounds[-1][2]
-    last = {k: np.asarray(v)[-1] if args.steps_per_call > 1 else v for k, v in metrics.items()}
+    last = {k: np.asarray(v)[-1] for k, v in metrics.items()}
 
     device = jax.devices()[0]
     print(f"device          {device.device_kind} x{mesh.devices.size} ({device.platform}), "

@@ -11,14 +11,12 @@ the previous complete checkpoint is then the latest.
 
 Several processes: every process saves its part of the global arrays; process 0 alone
 writes the small files and moves corrupt checkpoints, and the others wait for it.
-SIGTERM (a preempted TPU VM or spot GPU) is turned into "save this step, then stop"
-(`Checkpoints.reached_preemption`, `Preempted`).
+orbax's handler of `jax.Array` is chosen for the run's processes once, at start-up
+(`register_array_handler`, called by `sagan_jax.startup.init`). A run stopped by SIGTERM
+(`sagan_jax.preemption`) saves its step and raises `Preempted`.
 """
 from __future__ import annotations
 
-import json
-import signal
-import threading
 import time
 from typing import Any
 
@@ -34,21 +32,19 @@ from sagan_jax import workdir as workdir_lib
 
 CHECKPOINT_DIR = "checkpoints"
 CORRUPT_DIR = "corrupt_checkpoints"
-# Steps saved with `keep_forever` (e.g. at a D-loss jump), kept whatever `keep` says.
-KEPT_FILE = "kept_steps.json"
 
 
 class _KeptSteps(ocp.checkpoint_managers.PreservationPolicy):
-    """Preserves the steps listed in `KEPT_FILE` (read at start, extended by `add`)."""
+    """Preserves the steps saved with `keep_forever` (e.g. at a D-loss jump), whatever
+    `keep` says: those of the workdir's kept-steps file (read at start, extended by `add`)."""
 
-    def __init__(self, path: epath.Path):
-        self.path = path
-        self.steps: set[int] = set(json.loads(path.read_text())) if path.exists() else set()
+    def __init__(self, workdir: epath.Path):
+        self.workdir = workdir
+        self.steps = workdir_lib.read_kept_steps(workdir)
 
     def add(self, step: int) -> None:
         self.steps.add(step)
-        if jax.process_index() == 0:
-            self.path.write_text(json.dumps(sorted(self.steps)))
+        workdir_lib.write_kept_steps(self.workdir, self.steps)
 
     def should_preserve(self, checkpoints, *, context):
         return [c.step in self.steps for c in checkpoints]
@@ -89,6 +85,19 @@ def _any_process(flag: bool) -> bool:
     return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
 
 
+def register_array_handler() -> None:
+    """Makes orbax save `jax.Array`s as suits this run's processes (a process-wide setting).
+
+    Call it once at start-up, after `jax.distributed.initialize` (`sagan_jax.startup.init`
+    does); calling it again changes nothing. Replica-parallel saving splits each replicated
+    array over the devices that hold it; on one host that only costs slicing programs
+    (~6 s to compile at a 96 px model's first save), so it is kept for multi-host runs.
+    """
+    ocp.type_handlers.register_type_handler(
+        jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=jax.process_count() > 1),
+        override=True)
+
+
 class Preempted(Exception):
     """The run was asked to stop (SIGTERM) and saved a checkpoint of the step it reached."""
 
@@ -99,23 +108,17 @@ class Preempted(Exception):
 
 
 class Checkpoints:
-    """The orbax `CheckpointManager` of one workdir.
-
-    A writer (not `read_only`) in a single process also catches SIGTERM until `close`:
-    the signal only sets a flag that `reached_preemption` reports at the next step (with
-    `jax.distributed`, JAX's preemption service catches it and agrees on the step).
+    """The orbax `CheckpointManager` of one workdir; saves run in the background.
 
     Args:
       workdir: the run's directory (see `sagan_jax.workdir`), local or gs://.
       keep: how many of the latest checkpoints to keep (0: all); steps saved with
         `keep_forever` are kept as well.
-      async_saves: save in a background thread (training goes on while it writes).
       read_only: only read (evaluation): never save, delete or clean up, so a training
         run writing to the same workdir is left alone.
     """
 
-    def __init__(self, workdir: epath.PathLike, keep: int, async_saves: bool = True,
-                 read_only: bool = False):
+    def __init__(self, workdir: epath.PathLike, keep: int, read_only: bool = False):
         self.workdir = workdir_lib.resolve(workdir)
         self.read_only = read_only
         self.directory = self.workdir / CHECKPOINT_DIR
@@ -124,17 +127,11 @@ class Checkpoints:
                 f"no checkpoints in {self.directory}; give the --workdir of a training run.")
         if not read_only:
             self._warn_half_written()
-        # Replica-parallel saving splits each replicated array over the devices that hold
-        # it; on one host that only costs slicing programs (~6 s to compile at a 96 px
-        # model's first save), so it is kept for multi-host runs (process-wide setting).
-        ocp.type_handlers.register_type_handler(
-            jax.Array, ocp.type_handlers.ArrayHandler(
-                use_replica_parallel=jax.process_count() > 1), override=True)
-        self._kept = _KeptSteps(self.workdir / KEPT_FILE)
+        self._kept = _KeptSteps(self.workdir)
         options = ocp.CheckpointManagerOptions(
             preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(
                 [ocp.checkpoint_managers.LatestN(keep or None), self._kept]),
-            enable_async_checkpointing=async_saves,
+            enable_async_checkpointing=True,  # Training goes on while a save writes.
             # Half-written saves of a killed run; a reader must not touch a live run's.
             cleanup_tmp_directories=not read_only,
             read_only=read_only,
@@ -145,13 +142,6 @@ class Checkpoints:
             item_handlers={"state": ocp.StandardCheckpointHandler(),
                            "config": ocp.JsonCheckpointHandler()},
         )
-        self._sigterm = False
-        self._previous_handler = None
-        if (not read_only and not jax.distributed.is_initialized()
-                and threading.current_thread() is threading.main_thread()):
-            previous = signal.signal(signal.SIGTERM, self._on_sigterm)
-            # None: a handler installed outside Python; the default stands in for it.
-            self._previous_handler = signal.SIG_DFL if previous is None else previous
 
     def _warn_half_written(self) -> None:
         """Names the saves a killed run left unfinished (the manager then removes them)."""
@@ -161,23 +151,6 @@ class Checkpoints:
                 "%s holds half-written checkpoints (%s) of an interrupted save; removing them "
                 "and resuming from the latest complete checkpoint.", self.directory,
                 ", ".join(partial))
-
-    def _on_sigterm(self, signum, frame) -> None:
-        del frame
-        self._sigterm = True
-        logging.warning("SIGTERM received: saving a checkpoint after this step, then stopping.")
-        # A second SIGTERM ends the process at once, as it would have without us.
-        signal.signal(signum, self._previous_handler)
-
-    def reached_preemption(self, call: int) -> bool:
-        """Whether the run must save its current step and stop (SIGTERM).
-
-        Call it after every dispatch, on every process, with `call` = 0, 1, 2, ...: with
-        several processes JAX's preemption service agrees on the first call that all of
-        them reach after the signal (the highest `call` any had made, plus one), so the
-        numbers must be consecutive, which steps are not when a dispatch runs several.
-        """
-        return self._sigterm or self.manager.reached_preemption(call)
 
     def all_steps(self) -> list[int]:
         """Steps of the complete checkpoints, oldest first."""
@@ -284,10 +257,6 @@ class Checkpoints:
             state=ocp.args.StandardRestore(_abstract(state_like))))["state"]
 
     def close(self) -> None:
-        """Waits for the pending save to be complete on disk, then releases the manager
-        (and SIGTERM)."""
+        """Waits for the pending save to be complete on disk, then releases the manager."""
         self.manager.wait_until_finished()
         self.manager.close()
-        if self._previous_handler is not None:
-            signal.signal(signal.SIGTERM, self._previous_handler)
-            self._previous_handler = None

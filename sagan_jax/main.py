@@ -33,27 +33,27 @@ USER_ERRORS = (ValueError, OSError, FloatingPointError)
 PREEMPTED_STATUS = 143
 
 
-def _one_line(error: Exception) -> str:
-    """The message of `error` on one line; for a wrapped traceback, its last line."""
-    lines = [line.strip() for line in str(error).replace("\\n", "\n").splitlines() if line.strip()]
-    if any(line.startswith("Traceback") for line in lines):
-        lines = lines[-1:]
-    return " ".join(lines).strip("'\"")
-
-
 def parse_flags(argv):
     """absl's parsing, with errors from the config file or its overrides as one line."""
     try:
         return FLAGS(argv)
     except (KeyError, AttributeError) as e:  # An override of a field the config lacks.
-        message = _one_line(e)
+        message = startup.one_line(e)
         bad = message.split("'")[0] if "'" in message else message.split()[0]
         overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
         culprit = next((o for o in overrides if bad in o.split(".")), " ".join(overrides))
         hint = message[message.find("Did you mean"):] if "Did you mean" in message else ""
-        sys.exit(f"error: unknown config key {culprit}. {hint}".strip())
+        startup.exit_with_error(f"unknown config key {culprit}. {hint}".strip())
+    except ModuleNotFoundError as e:
+        if e.name != "configs":
+            raise
+        # The config files import their shared vocabulary as the `configs` package.
+        startup.exit_with_error("the config file imports the `configs` package, which is "
+                                "not on the path: run from the repository's root (the "
+                                "folder that holds configs/), or add that folder to "
+                                "PYTHONPATH.")
     except (flags.Error, *USER_ERRORS) as e:
-        sys.exit(f"error: {_one_line(e)}")
+        startup.exit_with_error(e)
 
 
 def main(argv):
@@ -70,7 +70,7 @@ def main(argv):
         sys.exit(PREEMPTED_STATUS)
     except USER_ERRORS as e:
         logging.debug("stopped", exc_info=True)
-        sys.exit(f"error: {_one_line(e)}")
+        startup.exit_with_error(e)
 
 
 if __name__ == "__main__":

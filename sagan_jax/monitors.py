@@ -1,12 +1,9 @@
-"""Early warnings of the original's two failure modes (docs/original.md, "Findings").
+"""Early warning of the original's sudden fall (docs/original.md, "Findings").
 
-- `DLossJumpDetector`: with D:G = 1:1 the original's IS rose, then fell, and the fall came
-  with a sudden jump of D's loss. The detector is fed D's loss of every training step on the
-  host and fires once per jump.
-- `class_diversity` and `collapse_check`: on AnimeFace and Flowers SAGAN collapsed per
-  class (clean images, but every `z` of a class gave the same image). The diversity of a
-  class is the mean pairwise distance of its samples' feature vectors; a class whose
-  generated diversity is a small fraction of its real images' diversity is collapsed.
+`DLossJumpDetector`: with D:G = 1:1 the original's IS rose, then fell, and the fall came
+with a sudden jump of D's loss. The detector is fed D's loss of every training step on the
+host and fires once per jump. (The other failure, per-class collapse, is measured with
+every evaluation: `sagan_jax.evaluation.diversity`.)
 
 NumPy only: no JAX, no TensorFlow.
 """
@@ -19,8 +16,6 @@ import numpy as np
 
 # 1.4826 * MAD estimates the standard deviation of normally distributed values.
 MAD_TO_SIGMA = 1.4826
-# Rows of the Gram matrix computed at once: bounds memory at 8 * BLOCK * n bytes per class.
-BLOCK = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,109 +152,3 @@ class DLossJumpDetector:
             self._armed = True
         return JumpReading(step, value, fired)
 
-
-def _mean_pairwise_distance(x: np.ndarray) -> float:
-    """Mean Euclidean distance over the n(n-1)/2 distinct pairs of rows of float64 `x`.
-
-    Uses |a - b|^2 = |a|^2 + |b|^2 - 2 a.b (one matrix product per block of rows, fast for
-    2048-d features) on centred rows: distances do not change under a shift, and centring
-    makes the norms as small as the spread itself, so the subtraction loses no more than
-    float64 rounding of the distances even when the class is collapsed to near copies.
-    The diagonal (a sample with itself) is excluded exactly.
-    """
-    x = x - x.mean(axis=0)
-    n = len(x)
-    sq = np.einsum("ij,ij->i", x, x)
-    total = 0.0
-    for start in range(0, n, BLOCK):
-        stop = min(start + BLOCK, n)
-        d2 = sq[start:stop, None] + sq[None, :] - 2.0 * (x[start:stop] @ x.T)
-        np.maximum(d2, 0.0, out=d2)  # Rounding can leave tiny negatives.
-        rows = np.arange(stop - start)
-        d2[rows, start + rows] = 0.0
-        total += float(np.sqrt(d2).sum())
-    return total / (n * (n - 1))  # Every distinct pair was counted twice.
-
-
-def class_diversity(features: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Mean pairwise Euclidean distance of the feature vectors within each class.
-
-    Over distinct pairs, this is an unbiased estimate of E|f(x) - f(x')| for two
-    independent samples of the class, whatever the number of samples, so generated and
-    real sets of different sizes compare. Computed in float64; the value depends on the
-    set of samples only, not on their order or on how they were batched.
-
-    Args:
-      features: (N, D) feature vectors (Inception pool3, the digits net, or D's features).
-      labels: (N,) integer class of each row, in [0, num_classes).
-      num_classes: length of the result (an unconditional G: 1, with all labels 0).
-
-    Returns:
-      float64 (num_classes,); NaN for a class with fewer than 2 samples.
-
-    Raises:
-      ValueError: mismatched shapes or a label outside [0, num_classes).
-    """
-    features = np.asarray(features, np.float64)
-    labels = np.asarray(labels)
-    if features.ndim != 2 or labels.shape != features.shape[:1]:
-        raise ValueError(f"expected features (N, D) and labels (N,), got {features.shape} "
-                         f"and {labels.shape}.")
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes}), got "
-                         f"{labels.min()}..{labels.max()}; pass the dataset's class count.")
-    out = np.full(num_classes, np.nan)
-    for c in range(num_classes):
-        rows = features[labels == c]
-        if len(rows) >= 2:
-            out[c] = _mean_pairwise_distance(rows)
-    return out
-
-
-def collapse_check(generated_div: np.ndarray, real_div: np.ndarray,
-                   threshold: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
-    """Per-class ratio of generated to real diversity, and the classes below `threshold`.
-
-    A healthy run keeps every class at about the real images' diversity (the quick start's
-    target is a ratio >= 0.85). What the ratio does, measured on scikit-learn's digits in
-    the digits net's feature space: two random halves of the real images (about 90 per
-    class) give ratios of 0.90 to 1.17 (20 splits, all classes); samples that are copies of
-    k distinct real images of the class give about 1 - 1/k (k=1: 0.001, k=2: 0.52,
-    k=3: 0.67, k=5: 0.81, means over the classes), since a pair of copies of one image is
-    at distance 0. So the default 0.6 is far below sampling noise and names a class whose
-    samples are near copies of one or two images, the original's per-class collapse
-    (every `z` of a class gives the same image); it does not see a G that keeps a handful
-    of distinct modes per class (FID does). It leaves a band [0.6, 0.85) of runs below
-    target without being called collapsed. Calibrate it on real runs
-    (monitor.collapse_threshold).
-
-    Args:
-      generated_div: (C,) `class_diversity` of generated samples.
-      real_div: (C,) `class_diversity` of real images, same feature net.
-      threshold: ratios below it are collapsed.
-
-    Returns:
-      (ratios float64 (C,), indices of the collapsed classes, ascending). A class with
-      no usable ratio (NaN diversity, or real diversity 0) gets NaN and is not named.
-
-    Raises:
-      ValueError: the two arrays differ in shape.
-    """
-    generated_div = np.asarray(generated_div, np.float64)
-    real_div = np.asarray(real_div, np.float64)
-    if generated_div.shape != real_div.shape:
-        raise ValueError(f"generated and real diversity must have one value per class, got "
-                         f"shapes {generated_div.shape} and {real_div.shape}.")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratios = np.where(real_div > 0, generated_div / real_div, np.nan)
-    collapsed = np.flatnonzero(ratios < threshold)  # NaN compares False: never named.
-    return ratios, collapsed
-
-
-def collapse_warning(ratios: np.ndarray, collapsed: np.ndarray, threshold: float) -> str | None:
-    """The one log line naming the collapsed classes (None when there are none)."""
-    if len(collapsed) == 0:
-        return None
-    named = ", ".join(f"{c} ({ratios[c]:.2f})" for c in collapsed)
-    return (f"class-wise collapse: {len(collapsed)} of {len(ratios)} classes have less than "
-            f"{threshold:g} of the real images' diversity (class (ratio)): {named}")

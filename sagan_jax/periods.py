@@ -47,6 +47,14 @@ class Periods:
             return False
         return step >= offset and (step - offset) % every == 0 if offset else step % every == 0
 
+    def log_due(self, step: int) -> bool:
+        """Averaged training metrics: every `log_every` steps, and the last step."""
+        return step == self.num_steps or self.due(step, self.log_every)
+
+    def sample_due(self, step: int) -> bool:
+        """Sample grids: every `sample_every` steps, and the last step."""
+        return step == self.num_steps or self.due(step, self.sample_every)
+
     def checkpoint_due(self, step: int) -> bool:
         return step == self.num_steps or self.due(step, self.checkpoint_every, self.checkpoint_offset)
 

@@ -18,75 +18,62 @@ renders with batch statistics, as the original's sampling script did (`--generat
 """
 from __future__ import annotations
 
-import csv
-import io
-import math
-import sys
+import inspect
 
 import jax
 import numpy as np
 from absl import app, flags, logging
 from etils import epath
 
-from sagan_jax import checkpointing, gan as gan_lib, parallel, startup, train_step, visualize
-from sagan_jax import workdir as workdir_lib
+from sagan_jax import checkpointing, gan as gan_lib, parallel, sampling, startup
+from sagan_jax import visualize, workdir as workdir_lib
+from sagan_jax.programs import Programs
 
 FLAGS = flags.FLAGS
-RENDER_DIR = "render"
 BEST_BY = ("FID", "IS")
 
 
 def define_flags() -> None:
-    """The CLI's flags (defined when run, so that importing this module beside
-    `sagan_jax.main`, which also has --workdir, does not clash)."""
+    """The CLI's flags, one per argument of `render` and with its default (defined when
+    run, so that importing this module beside `sagan_jax.main`, which also has
+    --workdir, does not clash)."""
+    default = {name: p.default for name, p in inspect.signature(render).parameters.items()}
     flags.DEFINE_string("workdir", None, "The training run's directory.")
-    flags.DEFINE_string("step", "last", "A checkpoint step, 'last', or 'best' (see --best_by).")
-    flags.DEFINE_enum("best_by", None, list(BEST_BY),
+    flags.DEFINE_string("step", default["step"],
+                        "A checkpoint step, 'last', or 'best' (see --best_by).")
+    flags.DEFINE_enum("best_by", default["best_by"], list(BEST_BY),
                       "--step=best: the lowest FID or the highest IS (default: the run's "
                       "eval.best_by).")
-    flags.DEFINE_enum("generator", "ema", list(train_step.GENERATORS), "G's EMA or raw weights.")
-    flags.DEFINE_enum("bn", "eval", ["eval", "train"],
+    flags.DEFINE_enum("generator", default["generator"], list(sampling.GENERATORS),
+                      "G's EMA or raw weights.")
+    flags.DEFINE_enum("bn", default["bn"], ["eval", "train"],
                       "BatchNorm with running ('eval') or batch ('train') statistics.")
-    flags.DEFINE_enum("interpolation", "slerp", list(visualize.INTERPOLATIONS),
+    flags.DEFINE_enum("interpolation", default["interpolation"], list(visualize.INTERPOLATIONS),
                       "Path between two z.")
-    flags.DEFINE_integer("points", 8, "Images per interpolation row.")
-    flags.DEFINE_integer("rows", 8, "Samples per class in samples.png.")
-    flags.DEFINE_integer("classes", 16, "At most this many classes (the first ones).")
-    flags.DEFINE_integer("seed", 0, "Seed of the z.")
-    flags.DEFINE_string("out", None, "Output folder (default DIR/render/step_N_GENERATOR).")
+    flags.DEFINE_integer("points", default["points"], "Images per interpolation row.")
+    flags.DEFINE_integer("rows", default["rows"], "Samples per class in samples.png.")
+    flags.DEFINE_integer("classes", default["classes"],
+                         "At most this many classes (the first ones).")
+    flags.DEFINE_integer("seed", default["seed"], "Seed of the z.")
+    flags.DEFINE_string("out", default["out"],
+                        "Output folder (default DIR/render/step_N_GENERATOR).")
     flags.mark_flag_as_required("workdir")
     startup.define_flags(processes=False)
 
 
 def best_step(workdir: str, generator: str, by: str = "FID") -> tuple[int, str, float]:
-    """(step, metric, value) of the best-scored checkpoint of `generator` in scores.csv.
-
-    `by='FID'`: lowest FID, or highest IS where no FID was computed; `by='IS'`: highest
-    IS. Among rows of several sample counts, those of the largest count (the most precise).
+    """(step, metric, value) of the best-scored checkpoint of `generator` in scores.csv
+    (see `workdir.Scores.best`).
 
     Raises:
       FileNotFoundError: no scores to choose from.
     """
-    path = epath.Path(workdir) / "eval" / "scores.csv"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found; score the checkpoints first with "
-                                f"`python -m sagan_jax.score --workdir={workdir}`.")
-    rows = [r for r in csv.DictReader(io.StringIO(path.read_text()))
-            if r["generator"] == generator]
-    if not rows:
-        raise FileNotFoundError(f"{path} has no scores of the {generator} G; score it with "
-                                f"`python -m sagan_jax.score --generators={generator}`.")
-    most = max(int(r["num_samples"]) for r in rows)
-    rows = [r for r in rows if int(r["num_samples"]) == most]
-    finite = lambda key: [r for r in rows if r.get(key) and math.isfinite(float(r[key]))]
-    if by == "FID" and finite("FID"):
-        row = min(finite("FID"), key=lambda r: float(r["FID"]))
-        return int(row["step"]), "FID", float(row["FID"])
-    if not finite("IS"):
-        fix = "choose by FID with --best_by=FID" if by == "IS" else "score it with sagan_jax.score"
-        raise FileNotFoundError(f"{path} has no IS of the {generator} G; {fix}.")
-    row = max(finite("IS"), key=lambda r: float(r["IS"]))
-    return int(row["step"]), "IS", float(row["IS"])
+    scores = workdir_lib.read_scores(workdir)
+    if generator not in scores:
+        raise FileNotFoundError(
+            f"{workdir_lib.scores_file(workdir)} has no scores of the {generator} G; score "
+            f"it with `python -m sagan_jax.score --generators={generator}`.")
+    return scores[generator].best(by)
 
 
 def choose_best_by(config, best_by: str | None) -> str:
@@ -116,27 +103,26 @@ def _resolve_step(workdir: str, step: str, generator: str, available: list[int],
 
 def render(workdir: str, step: str = "last", generator: str = "ema", bn: str = "eval",
            interpolation: str = "slerp", points: int = 8, rows: int = 8, classes: int = 16,
-           seed: int = 0, out: str | None = None, best_by: str | None = None) -> dict[str, str]:
+           seed: int = 0, out: str | None = None, best_by: str | None = None,
+           programs: Programs = Programs()) -> dict[str, str]:
     """Writes the PNGs of one checkpoint (see the module docstring); returns name -> path.
 
     `best_by` (with `step='best'`): 'FID' or 'IS'; None takes the run's `eval.best_by`
-    (FID in runs configured before it existed).
+    (FID in runs configured before it existed). `programs` builds the state (tests pass
+    one that reuses compilations).
     """
-    config = workdir_lib.read_config(workdir)
-    if "run" not in config:
-        raise ValueError(f"{workdir}/config.json has no 'run' section (written by an older "
-                         "sagan_jax); resume the run once with this version to rewrite it.")
+    config = workdir_lib.read_config(workdir, require_run=True)
     best_by = choose_best_by(config, best_by)
     gan = gan_lib.build(config, config.run.num_classes, config.run.channels)
     ckpts = checkpointing.Checkpoints(workdir, config.checkpoint.keep, read_only=True)
     try:
         chosen = _resolve_step(workdir, step, generator, ckpts.all_steps(), best_by)
-        like = train_step.create_train_state(gan, config, jax.random.key(0))
+        like = programs.train_state(gan, config, jax.random.key(0))
         state = ckpts.restore(chosen, jax.device_put(like, parallel.replicated_sharding(
             parallel.create_mesh(jax.devices()[:1]))))
     finally:
         ckpts.close()
-    params, model_state = train_step.g_weights(state, generator)
+    params, model_state = sampling.g_weights(state, generator)
     variables = {"params": params, **model_state}
     # One device, outside any mesh: batch statistics need no axis to sync over.
     g = gan.generator.clone(bn_axis_name=None)
@@ -149,7 +135,7 @@ def render(workdir: str, step: str = "last", generator: str = "ema", bn: str = "
         images, _ = g.apply(variables, z, y, train=True, mutable=["batch_stats", "spectral_norm"])
         return images
 
-    out = epath.Path(out or epath.Path(workdir) / RENDER_DIR / f"step_{chosen}_{generator}")
+    out = epath.Path(out or workdir_lib.render_dir(workdir, chosen, generator))
     scale = max(1, 64 // config.model.resolution)
     key = jax.random.key(seed)
     n = gan.num_classes
@@ -177,11 +163,11 @@ def main(argv):
     try:
         startup.init(allow_cpu=FLAGS.allow_cpu,
                      compile_cache=startup.compile_cache_setting(FLAGS.workdir))
-        paths = render(FLAGS.workdir, FLAGS.step, FLAGS.generator, FLAGS.bn,
-                       FLAGS.interpolation, FLAGS.points, FLAGS.rows, FLAGS.classes,
-                       FLAGS.seed, FLAGS.out, FLAGS.best_by)
+        paths = render(**{name: getattr(FLAGS, name)
+                          for name in inspect.signature(render).parameters
+                          if name != "programs"})
     except (ValueError, OSError) as e:
-        sys.exit(f"error: {' '.join(str(e).split())}")
+        startup.exit_with_error(e)
     for path in paths.values():
         print(path)
 

@@ -4,36 +4,32 @@ Writes a Markdown table in the shape of the original's tables (docs/original.md,
 "Experiments"): one row per run (case = the workdir's name), a column for each config
 setting that differs between the runs, the best IS and FID with their steps, and the final
 scores. Beside it, `FILE_scores.png` (IS and FID over training) and `FILE_losses.png`
-(D and G loss), all runs overlaid. It reads only what runs wrote: `config.json`,
-`eval/scores.csv` (from `sagan_jax.score`) when present, else the in-training scores
+(D and G loss), all runs overlaid. It reads only what runs wrote (see
+`sagan_jax.workdir`): `config.json`, `eval/scores.csv` (from `sagan_jax.score`) at the
+largest sample count scored when present, else the in-training scores
 `eval/<G>/IS|FID` of the run's TensorBoard events, and `train/d_loss`, `train/g_loss`
 from those events. Workdirs and the output may be buckets (gs://...).
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
+import inspect
 import json
 import math
 import re
-import sys
 from typing import Any
 
-import numpy as np
 from absl import app, flags
 from etils import epath
 
+from sagan_jax import sampling, startup
+from sagan_jax import workdir as workdir_lib
+
 FLAGS = flags.FLAGS
 
-CONFIG_FILE = "config.json"
-SCORES_CSV = "eval/scores.csv"
-SCORES = ("IS", "FID")
 LOSSES = ("d_loss", "g_loss")
 # Settings that name places on disk, not experiments: never a column.
 _PLACE = re.compile(r"(^|\.)(workdir|path|[a-z_]*_(dir|path)|inception_weights)$")
-
-Curve = tuple[np.ndarray, np.ndarray]  # (steps int64, values float64), steps ascending.
 
 
 def define_flags() -> None:
@@ -42,7 +38,8 @@ def define_flags() -> None:
     flags.DEFINE_list("workdirs", None, "Training runs to compare (comma-separated, or "
                       "space-separated after the flag).")
     flags.DEFINE_string("out", None, "The Markdown file to write; plots go beside it.")
-    flags.DEFINE_enum("generator", "ema", ["ema", "raw"],
+    flags.DEFINE_enum("generator", inspect.signature(write_report).parameters["generator"].default,
+                      list(sampling.GENERATORS),
                       "Whose scores to report; a run without them falls back to the other.")
     flags.mark_flags_as_required(["workdirs", "out"])
 
@@ -62,9 +59,9 @@ class Run:
     name: str
     workdir: str
     settings: dict[str, Any]
-    scores: dict[str, Curve]
+    scores: dict[str, workdir_lib.Curve]
     scored: str
-    losses: dict[str, Curve]
+    losses: dict[str, workdir_lib.Curve]
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -87,12 +84,7 @@ def differing_settings(runs: list[Run]) -> list[str]:
             and len({json.dumps(r.settings.get(k, missing), default=str) for r in runs}) > 1]
 
 
-def _curve(points: dict[int, float]) -> Curve:
-    steps = np.array(sorted(points), np.int64)
-    return steps, np.array([points[s] for s in steps], np.float64)
-
-
-def read_scalars(directory: str) -> dict[str, Curve]:
+def read_scalars(directory: str) -> dict[str, workdir_lib.Curve]:
     """Every scalar tag of the TensorBoard event files directly in `directory`.
 
     Reads clu's tensor summaries and classic scalar summaries. When steps repeat (a resumed
@@ -118,62 +110,33 @@ def read_scalars(directory: str) -> dict[str, Curve]:
         for event in acc.Tensors(tag):
             value = tensor_util.make_ndarray(event.tensor_proto)
             points.setdefault(tag, {})[event.step] = float(value.reshape(()))
-    return {tag: _curve(p) for tag, p in points.items()}
-
-
-def _float(text: str | None) -> float:
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def read_scores_csv(path: epath.PathLike, generator: str) -> tuple[dict[str, Curve], str]:
-    """IS and FID curves of `generator` (else of the other one) from a scores.csv.
-
-    When a step was scored with several sample counts, only the largest count is used
-    (the same count for every step, so the curve compares like with like).
-
-    Returns:
-      ({'IS': curve, 'FID': curve} for the columns present, a description of the
-      source); ({}, '') when the file has no rows.
-    """
-    rows = list(csv.DictReader(io.StringIO(epath.Path(path).read_text())))
-    present = {r.get("generator") for r in rows}
-    gen = generator if generator in present else next(iter(sorted(present - {None})), None)
-    rows = [r for r in rows if r.get("generator") == gen]
-    if not rows:
-        return {}, ""
-    counts = [_float(r.get("num_samples")) for r in rows]
-    num_samples = int(np.nanmax(counts)) if np.isfinite(counts).any() else 0
-    rows = [r for r, n in zip(rows, counts) if not num_samples or n == num_samples]
-    curves = {}
-    for name in SCORES:
-        if name in rows[0]:
-            curves[name] = _curve({int(_float(r["step"])): _float(r[name]) for r in rows})
-    samples = f"{num_samples} samples, " if num_samples else ""
-    return curves, f"{gen}, {samples}scores.csv"
+    return {tag: workdir_lib.curve(p) for tag, p in points.items()}
 
 
 def load_run(workdir: str, generator: str = "ema", name: str | None = None) -> Run:
     """Reads one workdir (see the module docstring for what it reads).
 
+    `generator`'s scores, else the other G's: from scores.csv, else from the training log.
+
     Raises:
       FileNotFoundError: `workdir` has no config.json.
     """
-    config_path = epath.Path(workdir) / CONFIG_FILE
-    if not config_path.exists():
-        raise FileNotFoundError(f"{workdir} has no {CONFIG_FILE}; pass the --workdir of "
-                                "training runs (sagan_jax.main writes it at the start).")
-    settings = flatten(json.loads(config_path.read_text()))
+    settings = flatten(workdir_lib.read_settings(workdir))
     events = read_scalars(workdir)
+    order = [generator] + [g for g in sampling.GENERATORS if g != generator]
+    try:
+        table = workdir_lib.read_scores(workdir)
+    except FileNotFoundError:  # Never scored by sagan_jax.score.
+        table = {}
+    found = next((table[g] for g in order if g in table), None)
     scores, scored = {}, ""
-    csv_path = epath.Path(workdir) / SCORES_CSV
-    if csv_path.exists():
-        scores, scored = read_scores_csv(csv_path, generator)
-    if not scores:
-        for gen in (generator, "raw" if generator == "ema" else "ema"):
-            scores = {s: events[f"eval/{gen}/{s}"] for s in SCORES if f"eval/{gen}/{s}" in events}
+    if found is not None and found.curves:
+        samples = f"{found.num_samples} samples, " if found.num_samples else ""
+        scores, scored = found.curves, f"{found.generator}, {samples}scores.csv"
+    else:
+        for gen in order:
+            scores = {s: events[f"eval/{gen}/{s}"]
+                      for s in workdir_lib.SCORED if f"eval/{gen}/{s}" in events}
             if scores:
                 samples = settings.get("eval.num_samples")
                 scored = f"{gen}, {f'{samples} samples, ' if samples else ''}training log"
@@ -183,22 +146,12 @@ def load_run(workdir: str, generator: str = "ema", name: str | None = None) -> R
                scores, scored, losses)
 
 
-def _best(curve: Curve | None, lower_is_better: bool) -> tuple[float, int | None]:
-    """(best value, its first step), NaNs ignored; (nan, None) without a finite value."""
-    if curve is None or not np.isfinite(curve[1]).any():
-        return math.nan, None
-    steps, values = curve
-    values = np.where(np.isfinite(values), values, np.inf if lower_is_better else -np.inf)
-    i = int(np.argmin(values) if lower_is_better else np.argmax(values))
-    return float(values[i]), int(steps[i])
-
-
 def summarize(run: Run) -> dict[str, Any]:
     """Best IS and FID with their steps, and the scores of the last scored step."""
     is_curve, fid_curve = run.scores.get("IS"), run.scores.get("FID")
     out = {}
-    out["best_IS"], out["best_IS_step"] = _best(is_curve, lower_is_better=False)
-    out["best_FID"], out["best_FID_step"] = _best(fid_curve, lower_is_better=True)
+    out["best_IS"], out["best_IS_step"] = workdir_lib.best_point(is_curve, lower_is_better=False)
+    out["best_FID"], out["best_FID_step"] = workdir_lib.best_point(fid_curve, lower_is_better=True)
     last = max((int(c[0][-1]) for c in run.scores.values() if len(c[0])), default=None)
     for name, curve in (("IS", is_curve), ("FID", fid_curve)):
         at_last = curve[1][curve[0] == last] if curve is not None else []
@@ -310,7 +263,7 @@ def main(argv):
     try:
         write_report(workdirs, FLAGS.out, FLAGS.generator)
     except (ValueError, OSError) as e:
-        sys.exit(f"error: {e}")
+        startup.exit_with_error(e)
     print(FLAGS.out)
 
 

@@ -4,7 +4,7 @@ By default with the papers' protocol, whatever the run used while training: 50k
 generated images, IS over 10 splits, FID and KID against the whole training set (the
 cached reference statistics). For each checkpoint (all of them, or `--step`), both the
 EMA and the raw generator make the images (compiled, batched and sharded over all
-devices by `train_step.make_generate_fn`) that the run's feature network (Inception,
+devices by `sampling.make_generate_fn`) that the run's feature network (Inception,
 or the digits net for the quick start: `eval.feature_net` in the run's config) scores.
 Writes `DIR/eval/step_<N>.json` per step, `DIR/eval/scores.csv` (all steps scored so
 far) and TensorBoard scalars under `DIR/eval`; every row names its protocol. Only
@@ -14,34 +14,38 @@ score, and process 0 writes.
 """
 from __future__ import annotations
 
-import csv
-import io
+import inspect
 import json
-import sys
 
 import jax
 import ml_collections
 from absl import app, flags, logging
 from etils import epath
 
-from sagan_jax import checkpointing, gan as gan_lib, parallel, startup, train_step
+from sagan_jax import checkpointing, gan as gan_lib, parallel, sampling, startup
 from sagan_jax import workdir as workdir_lib
+from sagan_jax.evaluation.diversity import ClassDiversity
 from sagan_jax.evaluation.evaluator import Evaluator
+from sagan_jax.programs import Programs
 
 FLAGS = flags.FLAGS
-EVAL_DIR = "eval"
 
 
 def define_flags() -> None:
-    """The CLI's flags (defined when run, so that importing this module next to
-    `sagan_jax.main`, which also has --workdir, does not clash)."""
+    """The CLI's flags, one per argument of `evaluate_workdir` and with its default
+    (defined when run, so that importing this module next to `sagan_jax.main`, which
+    also has --workdir, does not clash)."""
+    default = {name: p.default
+               for name, p in inspect.signature(evaluate_workdir).parameters.items()}
     flags.DEFINE_string("workdir", None, "The training run's directory.")
-    flags.DEFINE_integer("step", None, "Score only this checkpoint (default: all).")
-    flags.DEFINE_integer("num_samples", 50_000,
+    flags.DEFINE_integer("step", default["step"], "Score only this checkpoint (default: all).")
+    flags.DEFINE_integer("num_samples", default["num_samples"],
                          "Generated images per score (50k as in the papers).")
-    flags.DEFINE_integer("splits", 10, "IS splits (10 as in the papers).")
-    flags.DEFINE_list("generators", ["ema", "raw"], "Which weights of G to score: ema, raw.")
-    flags.DEFINE_integer("seed", 0, "Seed of the generated z (the same for every checkpoint).")
+    flags.DEFINE_integer("splits", default["splits"], "IS splits (10 as in the papers).")
+    flags.DEFINE_list("generators", list(default["generators"]),
+                      f"Which weights of G to score: {', '.join(sampling.GENERATORS)}.")
+    flags.DEFINE_integer("seed", default["seed"],
+                         "Seed of the generated z (the same for every checkpoint).")
     flags.mark_flag_as_required("workdir")
     startup.define_flags()
 
@@ -51,52 +55,22 @@ def protocol(num_samples: int, splits: int, num_real: int) -> str:
     return f"{num_samples} samples, IS over {splits} splits, FID/KID vs {num_real} real images"
 
 
-def _write_step(out_dir: epath.Path, step: int, rows: list[dict]) -> epath.Path:
-    path = out_dir / f"step_{step:07d}.json"
-    path.write_text(json.dumps(rows, indent=2))
-    return path
-
-
-def _write_csv(out_dir: epath.Path) -> epath.Path:
-    """Rebuilds scores.csv from every step's JSON, so reruns never duplicate rows (the
-    per-class diversity ratios stay in the JSON; the CSV has their minimum)."""
-    rows = []
-    for path in sorted(out_dir.glob("step_*.json")):
-        rows.extend({k: v for k, v in row.items() if k != "diversity_ratio"}
-                    for row in json.loads(path.read_text()))
-    table = io.StringIO(newline="")
-    writer = csv.DictWriter(table, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
-    writer.writeheader()
-    writer.writerows(rows)
-    path = out_dir / "scores.csv"
-    path.write_text(table.getvalue())
-    return path
-
-
-def _run_facts(config: ml_collections.ConfigDict, workdir: str) -> tuple[int, int]:
-    """(num_classes, channels) of the run, from its config.json's `run` section."""
-    if "run" not in config:
-        raise ValueError(f"{workdir}/config.json has no 'run' section (written by an older "
-                         "sagan_jax); resume the run once with this version to rewrite it.")
-    return config.run.num_classes, config.run.channels
-
-
-def _row(step: int, name: str, scores: dict[str, float], threshold: float, **facts) -> dict:
-    """One scored (step, generator): the scores, the per-class diversity ratios and the
-    classes below `threshold` (the class-wise collapse check, see `sagan_jax.monitors`)."""
-    per_class = {k.split("/", 1)[1]: v for k, v in scores.items()
-                 if k.startswith("diversity_ratio/")}
-    collapsed = [c for c, r in per_class.items() if r < threshold]
-    if collapsed:
-        logging.warning("step %d, %s G: class-wise collapse of classes %s (diversity below "
-                        "%g of the real images')", step, name, ", ".join(collapsed), threshold)
-    plain = {k: v for k, v in scores.items() if not k.startswith("diversity_ratio/")}
-    return dict(step=step, generator=name, **facts, **plain,
-                collapsed_classes=" ".join(collapsed), diversity_ratio=per_class)
+def _row(step: int, name: str, scores: dict[str, float], diversity: ClassDiversity,
+         **facts) -> dict:
+    """One scored (step, generator): the scores and the class-wise collapse check (the
+    minimum ratio, the collapsed classes and each class's ratio)."""
+    line = diversity.warning()
+    if line:
+        logging.warning("step %d, %s G: %s", step, name, line)
+    return dict(step=step, generator=name, **facts, **scores,
+                diversity_ratio_min=diversity.minimum,
+                collapsed_classes=" ".join(diversity.collapsed_classes),
+                diversity_ratio=diversity.by_class())
 
 
 def evaluate_workdir(workdir: epath.PathLike, step: int | None = None, num_samples: int = 50_000,
-                     splits: int = 10, generators=("ema", "raw"), seed: int = 0) -> list[dict]:
+                     splits: int = 10, generators=sampling.GENERATORS,
+                     seed: int = 0, programs: Programs = Programs()) -> list[dict]:
     """Scores checkpoints of the run in `workdir` and writes JSON, CSV and TensorBoard.
 
     Args:
@@ -107,6 +81,8 @@ def evaluate_workdir(workdir: epath.PathLike, step: int | None = None, num_sampl
       splits: IS splits.
       generators: subset of ('ema', 'raw').
       seed: seed of the generation key, shared by all checkpoints.
+      programs: builds the state and the generator (tests pass one that reuses
+        compilations).
 
     Returns:
       One row per (step, generator): step, generator, num_samples, splits, feature_net,
@@ -117,11 +93,11 @@ def evaluate_workdir(workdir: epath.PathLike, step: int | None = None, num_sampl
       FileNotFoundError: no run, no such step, or missing Inception weights.
       ValueError: an unknown generator name.
     """
-    unknown = set(generators) - set(train_step.GENERATORS)
+    unknown = set(generators) - set(sampling.GENERATORS)
     if unknown:
-        raise ValueError(f"unknown --generators {sorted(unknown)}; use ema and/or raw.")
-    config = workdir_lib.read_config(workdir)
-    num_classes, channels = _run_facts(config, workdir)
+        raise ValueError(f"unknown --generators {sorted(unknown)}; use "
+                         f"{' and/or '.join(sampling.GENERATORS)}.")
+    config = workdir_lib.read_config(workdir, require_run=True)
     ckpts = checkpointing.Checkpoints(workdir, config.checkpoint.keep, read_only=True)
     steps = ckpts.all_steps() if step is None else [step]
     if not steps:
@@ -141,12 +117,12 @@ def evaluate_workdir(workdir: epath.PathLike, step: int | None = None, num_sampl
     evaluator = Evaluator.create(eval_cfg, config.data, mesh, required=True,
                                  real_batches=real_batches)
     how = protocol(num_samples, splits, evaluator.reference.num_examples)
-    gan = gan_lib.build(config, num_classes, channels)
-    state_like = jax.device_put(train_step.create_train_state(gan, config, jax.random.key(0)),
+    gan = gan_lib.build(config, config.run.num_classes, config.run.channels)
+    state_like = jax.device_put(programs.train_state(gan, config, jax.random.key(0)),
                                 parallel.replicated_sharding(mesh))
-    gen_fn = train_step.make_generate_fn(gan, mesh)
+    gen_fn = programs.generate_fn(gan, mesh)
     key = jax.random.key(seed)
-    out_dir = workdir_lib.resolve(workdir) / EVAL_DIR
+    out_dir = workdir_lib.eval_dir(workdir)
     if jax.process_index() == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
     writer = metric_writers.create_default_writer(str(out_dir),
@@ -157,22 +133,20 @@ def evaluate_workdir(workdir: epath.PathLike, step: int | None = None, num_sampl
             state = ckpts.restore(s, state_like)
             step_rows = []
             for name in generators:
-                params, model_state = train_step.g_weights(state, name)
-                scores = evaluator.evaluate(
+                params, model_state = sampling.g_weights(state, name)
+                scores, diversity = evaluator.evaluate(
                     lambda k, y, p=params, m=model_state: gen_fn(p, m, k, y),
-                    gan.num_classes, num_samples, key)
-                scores = {k: float(v) for k, v in scores.items()}
-                row = _row(s, name, scores, config.monitor.collapse_threshold,
+                    gan.num_classes, num_samples, key, config.monitor.collapse_threshold)
+                row = _row(s, name, scores, diversity,
                            num_samples=num_samples, splits=splits,
                            feature_net=config.eval.feature_net, protocol=how)
                 step_rows.append(row)
-                writer.write_scalars(s, {f"{name}/{k}": v for k, v in scores.items()})
+                writer.write_scalars(s, {f"{name}/{k}": v for k, v in
+                                         {**scores, **diversity.to_scalars()}.items()})
                 logging.info("step %d, %s G (%s): IS %.4g, FID %.4g, KID %.4g, min diversity "
                              "ratio %.3g", s, name, how, row["IS"], row["FID"], row["KID"],
                              row["diversity_ratio_min"])
-            if jax.process_index() == 0:
-                _write_step(out_dir, s, step_rows)
-                _write_csv(out_dir)
+            workdir_lib.write_step_scores(workdir, s, step_rows)
             rows.extend(step_rows)
         writer.write_texts(steps[-1], {"protocol": how})
     finally:
@@ -187,10 +161,11 @@ def main(argv):
     try:
         startup.init(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                      FLAGS.allow_cpu, startup.compile_cache_setting(FLAGS.workdir))
-        rows = evaluate_workdir(FLAGS.workdir, FLAGS.step, FLAGS.num_samples, FLAGS.splits,
-                                tuple(FLAGS.generators), FLAGS.seed)
+        rows = evaluate_workdir(**{name: getattr(FLAGS, name)
+                                   for name in inspect.signature(evaluate_workdir).parameters
+                                   if name != "programs"})
     except (ValueError, OSError) as e:
-        sys.exit(f"error: {' '.join(str(e).split())}")
+        startup.exit_with_error(e)
     for row in rows:
         print(json.dumps(row))
 

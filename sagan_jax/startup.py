@@ -2,9 +2,9 @@
 
 - Several processes (the hosts of a Cloud TPU slice, the nodes of a GPU cluster) are
   joined into one JAX run with `jax.distributed.initialize`, before anything touches a
-  device; `distributed_args` says when. A laptop, a GPU machine or Colab's GPU runtime
-  never calls it; on a Cloud TPU VM (Colab's TPU runtime too) JAX finds the slice's
-  hosts itself, and a single-host VM is a run of one process.
+  device. JAX finds the processes of the clusters it knows (a Cloud TPU slice, SLURM,
+  Open MPI, Kubernetes); elsewhere the multi-process flags say them (`distributed_args`).
+  Where neither finds any (a laptop, a GPU machine, Colab), the run is one process.
 - TensorFlow only decodes data and writes TensorBoard logs: it is kept off the GPUs,
   which belong to JAX (TF would otherwise reserve their memory), before anything
   imports it.
@@ -26,7 +26,7 @@ import re
 import sys
 import tempfile
 import warnings
-from typing import Mapping, Sequence
+from typing import Mapping, NoReturn, Sequence
 
 from absl import flags, logging
 
@@ -48,8 +48,8 @@ def define_flags(processes: bool = True) -> None:
     flags.DEFINE_string(
         "coordinator_address", None,
         f"HOST:PORT of process 0, for a run of several processes (GPU nodes); or "
-        f"${ENV_COORDINATOR}. Not needed on Cloud TPU slices, SLURM (srun) or Open MPI "
-        "(mpirun), where JAX finds it.")
+        f"${ENV_COORDINATOR}. Not needed on Cloud TPU slices, SLURM (srun), Open MPI "
+        "(mpirun) or Kubernetes jobs, where JAX finds it.")
     flags.DEFINE_integer("num_processes", None,
                          f"Processes in the run (one per node); or ${ENV_NUM_PROCESSES}.")
     flags.DEFINE_integer("process_id", None,
@@ -66,59 +66,33 @@ def _int(environ: Mapping[str, str], name: str) -> int | None:
         raise ValueError(f"{name}={value!r} is not a whole number; fix or unset it.") from None
 
 
-def _managed_cluster(environ: Mapping[str, str]) -> str | None:
-    """The scheduler that started several processes of this job, by its environment.
-
-    The variables are those JAX's own detection reads; a job of one task (an
-    interactive SLURM shell, `mpirun -n 1`) is a single process and is left alone.
-    """
-    slurm = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_PROCID", "SLURM_LOCALID")
-    if all(v in environ for v in slurm) and (_int(environ, "SLURM_NTASKS") or 1) > 1:
-        return "SLURM"
-    if "OMPI_MCA_orte_hnp_uri" in environ and (_int(environ, "OMPI_COMM_WORLD_SIZE") or 1) > 1:
-        return "Open MPI"
-    return None
-
-
-def on_cloud_tpu_vm() -> bool:
-    """Whether this host is a Cloud TPU VM: libtpu installed and TPU chips on the PCI bus.
-
-    JAX makes this check when it is imported (without touching the devices) and keeps
-    the answer in a module of its own; it is read from there so that the two agree.
-    """
-    try:
-        from jax._src import cloud_tpu_init  # pylint: disable=g-import-not-at-top
-    except ImportError:
-        return False
-    return bool(getattr(cloud_tpu_init, "running_in_cloud_tpu_vm", False))
+def _one_task(environ: Mapping[str, str]) -> bool:
+    """Whether a scheduler started this process as the only task of its job (an
+    interactive `srun` shell, `mpirun -n 1`): JAX would make it a run of one process that
+    sees only one of the machine's GPUs, and it is left a plain process with all of them."""
+    return environ.get("SLURM_NTASKS") == "1" or environ.get("OMPI_COMM_WORLD_SIZE") == "1"
 
 
 def distributed_args(coordinator_address: str | None = None, num_processes: int | None = None,
                      process_id: int | None = None,
-                     environ: Mapping[str, str] | None = None,
-                     tpu_vm: bool | None = None) -> dict | None:
+                     environ: Mapping[str, str] | None = None) -> dict | None:
     """The arguments of `jax.distributed.initialize` for this process, or None for one process.
 
-    In order of precedence:
-      1. The flags, or the environment variables named like JAX's own
-         (`JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`): all three
-         for more than one process (under a scheduler of 2. or 3., those not given are
-         the scheduler's); `--num_processes=1` is a single process.
-      2. A SLURM step (`srun`) or an Open MPI job (`mpirun`) of several tasks: `{}`, and
-         JAX reads the coordinator, count and rank from the scheduler's environment.
-      3. A Cloud TPU VM: `{}`, and JAX reads the slice's hosts from the TPU metadata
-         (one host: a run of one process).
-    Anything else (a laptop, a GPU machine, Colab's GPU runtime) is a single process.
+    The flags, or the environment variables named like JAX's own (`JAX_COORDINATOR_ADDRESS`,
+    `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`), are passed on; JAX finds those not given (all
+    three where none is) in the environment of a cluster it knows (see `_initialize`).
+    None where the run is one process whatever the environment says: `--num_processes=1`,
+    or the only task of a scheduler's job.
 
     Args:
       coordinator_address: HOST:PORT of process 0.
       num_processes: processes in the run.
       process_id: this process's index.
       environ: the environment (default `os.environ`).
-      tpu_vm: whether this is a Cloud TPU VM (default: `on_cloud_tpu_vm()`).
 
     Raises:
-      ValueError: an incomplete or inconsistent set of flags (one line saying what to set).
+      ValueError: a process index out of range, or a variable that is not a whole number
+        (one line saying what to set).
     """
     environ = os.environ if environ is None else environ
     coordinator_address = coordinator_address or environ.get(ENV_COORDINATOR) or None
@@ -128,19 +102,11 @@ def distributed_args(coordinator_address: str | None = None, num_processes: int 
                  process_id=process_id)
     if num_processes == 1 and process_id in (None, 0):
         return None
-    detected = _managed_cluster(environ) or (on_cloud_tpu_vm() if tpu_vm is None else tpu_vm)
-    if all(v is None for v in given.values()):
-        return {} if detected else None
-    missing = [f"--{name}" for name, v in given.items() if v is None]
-    if missing and not detected:
-        raise ValueError(
-            f"a run of several processes needs {', '.join(missing)} as well (or "
-            f"{ENV_COORDINATOR}, {ENV_NUM_PROCESSES}, {ENV_PROCESS_ID}): give all three, "
-            "the same coordinator and count on every process.")
-    if not missing and (num_processes < 1 or not 0 <= process_id < num_processes):
+    if all(v is None for v in given.values()) and _one_task(environ):
+        return None
+    if None not in (num_processes, process_id) and not 0 <= process_id < num_processes:
         raise ValueError(f"--process_id={process_id} must be one of 0..{num_processes - 1} "
                          f"for --num_processes={num_processes}.")
-    # What was not given, JAX reads from the scheduler's environment.
     return {name: v for name, v in given.items() if v is not None}
 
 
@@ -261,24 +227,31 @@ def describe(devices: Sequence, process_count: int, compile_cache: str | None) -
             f"compilation cache: {compile_cache or 'off'}")
 
 
-def _initialize(args: dict, may_run_alone: bool) -> None:
-    """`jax.distributed.initialize(**args)`; a failure is one line, or, where a single
-    process is a working fallback (a TPU VM found by its chips, not by a scheduler or
-    flags), a warning."""
+def _initialize(args: dict) -> None:
+    """`jax.distributed.initialize(**args)`, JAX filling in what `args` lacks; where it
+    lacks everything and JAX finds no cluster, the run is one process. Any other failure
+    is one line saying what to set."""
     import jax  # pylint: disable=g-import-not-at-top
 
     try:
         jax.distributed.initialize(**args)
     except Exception as e:  # pylint: disable=broad-except
         reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
-        if not may_run_alone:
-            raise ValueError(f"could not join the run's processes ({reason}); check that every "
-                             "process has the same coordinator address and count.") from e
-        # A TPU VM without slice metadata is one host; on a slice, the TPU runtime still
-        # connects the hosts, and only preemption notices stay local to each.
-        logging.warning("jax.distributed.initialize() found no TPU slice (%s); going on as "
-                        "one process.", reason)
-        return
+        # JAX raises ValueError, before it connects anywhere, when no cluster it knows gave
+        # it the coordinator, count or rank that were not passed.
+        missing = [f"--{name}" for name in ("coordinator_address", "num_processes", "process_id")
+                   if name not in args]
+        if isinstance(e, ValueError) and not args:
+            logging.debug("jax.distributed found no cluster (%s): one process.", reason)
+            return
+        if isinstance(e, ValueError) and missing:
+            raise ValueError(
+                f"a run of several processes needs {', '.join(missing)} as well (or "
+                f"{ENV_COORDINATOR}, {ENV_NUM_PROCESSES}, {ENV_PROCESS_ID}): give all three, "
+                "the same coordinator and count on every process.") from e
+        raise ValueError(f"could not join the run's processes ({reason}); check that every "
+                         "process has the same coordinator address and count, or run alone "
+                         "with --num_processes=1.") from e
     logging.info("process %d of %d (jax.distributed)", jax.process_index(), jax.process_count())
 
 
@@ -288,7 +261,8 @@ def init(coordinator_address: str | None = None, num_processes: int | None = Non
     """The start-up of `sagan_jax.main`, `sagan_jax.score` and `sagan_jax.render`.
 
     Call it before anything uses a device. The first three arguments as
-    `distributed_args`.
+    `distributed_args`. Also chooses orbax's array handler for the run's processes
+    (`checkpointing.register_array_handler`).
 
     Args:
       coordinator_address: HOST:PORT of process 0.
@@ -310,10 +284,32 @@ def init(coordinator_address: str | None = None, num_processes: int | None = Non
 
     args = distributed_args(coordinator_address, num_processes, process_id)
     if args is not None:
-        _initialize(args, may_run_alone=not args and not _managed_cluster(os.environ))
+        _initialize(args)
     if compile_cache is not None:
         use_compilation_cache(compilation_cache_dir(compile_cache))
+    from sagan_jax import checkpointing  # pylint: disable=g-import-not-at-top
+
+    checkpointing.register_array_handler()  # As suits the processes just joined.
     logging.info("%s", describe(jax.devices(), jax.process_count(),
                                 jax.config.jax_compilation_cache_dir))
     # JAX_PLATFORMS=cpu is a choice, not a broken install.
     backend.check(jax.default_backend(), allow_cpu or jax.config.jax_platforms == "cpu")
+
+
+def one_line(error: BaseException | str) -> str:
+    """The message of `error` on one line; for a wrapped traceback, its last line.
+
+    Whitespace runs become one space, and the quotes that `KeyError` puts around its
+    message are dropped.
+    """
+    lines = [line.strip() for line in str(error).replace("\\n", "\n").splitlines() if line.strip()]
+    if any(line.startswith("Traceback") for line in lines):
+        lines = lines[-1:]
+    text = " ".join(" ".join(lines).split())
+    quoted = len(text) > 1 and text[0] == text[-1] and text[0] in "'\""
+    return text[1:-1] if quoted else text
+
+
+def exit_with_error(error: BaseException | str) -> NoReturn:
+    """Ends a command-line program with `error: <one line>` on stderr and status 1."""
+    sys.exit(f"error: {one_line(error)}")

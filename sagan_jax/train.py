@@ -2,10 +2,12 @@
 
 Builds the data pipeline, the GAN (`gan.build`), the state and the compiled step,
 resumes from the workdir's latest checkpoint (continuing the same data order and noise),
-and runs the loop with its periodic actions (in steps resolved from the config's epochs
-or steps by `periods.resolve`): TensorBoard scalars and progress (steps/s, ETA), PNG sample grids with
-one column per class, async checkpoints, the IS/FID hook, and a guard that stops the run
-at the first non-finite loss without touching the last good checkpoint.
+and runs the loop over the run's plan of dispatches (`Dataset.plan_iterator`), each
+followed by the periodic actions due at its last step (in steps resolved from the
+config's epochs or steps by `periods.resolve`): progress (steps/s, ETA) and the outputs
+of `sagan_jax.actions` (TensorBoard scalars, PNG sample grids with one column per class,
+the IS/FID hook), async checkpoints, and a guard that stops the run at the first
+non-finite loss without touching the last good checkpoint.
 
 The workdir may be local or a bucket (`gs://...`, see `sagan_jax.workdir`). With several
 processes (`sagan_jax.startup`) every process runs this function on its share of the
@@ -18,7 +20,6 @@ so importing this module does not import it.
 """
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
@@ -28,11 +29,10 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from sagan_jax import checkpointing, gan as gan_lib, monitors, parallel, periods, train_step
-from sagan_jax import visualize
+from sagan_jax import actions, checkpointing, gan as gan_lib, monitors, parallel, periods
+from sagan_jax import preemption
 from sagan_jax import workdir as workdir_lib
-from sagan_jax.evaluation.d_diversity import DFeatureDiversity
-from sagan_jax.evaluation.evaluator import Evaluator
+from sagan_jax.programs import Programs
 
 GUARDED_LOSSES = ("d_loss", "g_loss")
 G_STEP_METRICS = ("g_loss", "g_grad_norm", "g_mode_seeking")
@@ -94,9 +94,8 @@ class _Records:
         first, count, metrics = self.pending
         self.pending = None
         host = jax.device_get(metrics)
-        stacked = np.ndim(host["d_loss"]) > 0  # From a step of several iterations per call.
         for i in range(count):
-            step_metrics = {k: v[i] for k, v in host.items()} if stacked else host
+            step_metrics = {k: v[i] for k, v in host.items()}
             losses = self.guard.check_losses(first + 1 + i, step_metrics)
             self.jumps.feed(first + 1 + i, losses["d_loss"])
             self.history.append(step_metrics)
@@ -124,19 +123,6 @@ def window_means(history: list[dict]) -> dict[str, float]:
     return means
 
 
-def _sampler(state, config: ml_collections.ConfigDict) -> tuple[Any, Any, str]:
-    """G's weights used for grids and scores: the EMA copy or the raw ones."""
-    which = "ema" if config.train.sample_with_ema else "raw"
-    return (*train_step.g_weights(state, which), which)
-
-
-def _create_evaluator(config: ml_collections.ConfigDict, ds, mesh) -> Evaluator | None:
-    """The IS/FID evaluator, or None (with one warning) without Inception weights."""
-    return Evaluator.create(
-        config.eval, config.data, mesh,
-        real_batches=lambda: ds.eval_iterator(config.eval.batch_size))
-
-
 class _JumpWatch:
     """The D-loss jump detector in the loop: fed every step's D loss, it warns once per
     jump (naming the step), logs its statistic, and asks for a kept checkpoint."""
@@ -160,49 +146,64 @@ class _JumpWatch:
             self.pending = self.checkpoint
 
 
-def _warn_collapse(step: int, which: str, scores: dict, threshold: float) -> None:
-    """One warning naming the classes whose diversity ratio is below `threshold`."""
-    names = sorted(k for k in scores if k.startswith("diversity_ratio/"))
-    ratios = np.asarray([scores[k] for k in names])
-    collapsed = np.flatnonzero(ratios < threshold)
-    line = monitors.collapse_warning(ratios, collapsed, threshold)
-    if line:
-        classes = ", ".join(names[c].split("/")[1] for c in collapsed)
-        logging.warning("step %d (%s G): %s [classes %s]", step, which, line, classes)
+class _Checkpointer:
+    """Saves at the planned steps, after a D-loss jump (a kept one), and on SIGTERM,
+    after which it stops the run."""
+
+    def __init__(self, ckpts: checkpointing.Checkpoints, config, plan: periods.Periods,
+                 records: _Records, guard: _NanGuard, jumps: _JumpWatch):
+        self.ckpts, self.config, self.plan = ckpts, config, plan
+        self.records, self.guard, self.jumps = records, guard, jumps
+
+    def __call__(self, step: int, state: Any, preempted: bool) -> None:
+        if self.plan.checkpoint_due(step) or self.jumps.pending or preempted:
+            self.records.settle()  # No checkpoint of a state that a non-finite loss made.
+            self.guard.check_state(step, state)
+            self.ckpts.save(step, state, self.config, keep_forever=self.jumps.pending)
+            self.jumps.pending = False
+            self.guard.last_saved = step
+        if preempted:
+            raise checkpointing.Preempted(step, self.ckpts.directory)
 
 
-def _write_grids(writer, workdir: epath.Path, step: int, grid: np.ndarray,
-                 image_size: int) -> None:
-    scale = max(1, 64 // image_size)  # Small digits stay legible in an image viewer.
-    path = workdir / "samples" / f"step_{step:07d}.png"
-    if jax.process_index() == 0:
-        visualize.save_png(path, grid, scale=scale)
-    writer.write_images(step, {"samples": grid[None]})
-    logging.info("sample grid of step %d: %s", step, path)
+def _matmul_precision(config: ml_collections.ConfigDict) -> str | None:
+    """`train.matmul_precision` for `jax.default_matmul_precision` (None: JAX's default)."""
+    precision = config.train.get("matmul_precision", "")
+    if precision not in MATMUL_PRECISIONS:
+        raise ValueError(f"unknown train.matmul_precision {precision!r}; set it to one of "
+                         f"{MATMUL_PRECISIONS} ('' = JAX's default).")
+    return precision or None
 
 
-def _write_interpolations(config, workdir, gan, sample, key) -> None:
-    """Slerp rows within each class (the per-class collapse check of docs/original.md's findings).
-
-    One row per class of the sample grid, `log.grid_rows` points per row: the same
-    number of images as a grid, so `sample` runs without another compilation.
-    """
-    n = gan.num_classes
-    rows = min(n, config.log.grid_classes) if n else config.log.grid_rows
-    classes = np.arange(rows) if n else np.zeros(rows, np.int32)
-    grid = visualize.interpolation_grid(sample, gan, key, classes, config.log.grid_rows)
-    if jax.process_index() == 0:
-        visualize.save_png(workdir / "interpolations.png", grid,
-                           scale=max(1, 64 // config.model.resolution))
+def _steps_per_dispatch(config: ml_collections.ConfigDict) -> int:
+    """`train.steps_per_dispatch`, with a warning where it slows the run down."""
+    k = config.train.steps_per_dispatch
+    if k > 1 and jax.default_backend() == "cpu":
+        logging.warning("train.steps_per_dispatch=%d on CPU: XLA:CPU runs the convolutions "
+                        "inside the device-side loop about 18x slower (benchmarks/RESULTS.md); "
+                        "set it to 1 on CPU.", k)
+    return k
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLike):
+def _restore(ckpts: checkpointing.Checkpoints, state: Any, config) -> tuple[Any, int]:
+    """The latest readable checkpoint's state and step, or `state` and 0."""
+    restored, start = ckpts.restore_latest(state, config)
+    if restored is None:
+        return state, start
+    logging.info("resuming from the checkpoint of step %d in %s", start, ckpts.directory)
+    return restored, start
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLike,
+                       programs: Programs = Programs()):
     """Trains (resuming from `workdir` when it holds checkpoints) and evaluates periodically.
 
     Args:
       config: the experiment (see configs/common.py for the vocabulary).
       workdir: where checkpoints, `config.json`, TensorBoard logs and sample grids go
         (a local path or gs://...).
+      programs: builds the state, the step and the generator (tests pass one that
+        reuses compilations).
 
     Returns:
       The final train state.
@@ -214,16 +215,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLik
       FloatingPointError: a non-finite loss (the last good checkpoint is kept).
       checkpointing.Preempted: SIGTERM; the step reached is saved.
     """
-    precision = config.train.get("matmul_precision", "")
-    if precision not in MATMUL_PRECISIONS:
-        raise ValueError(f"unknown train.matmul_precision {precision!r}; set it to one of "
-                         f"{MATMUL_PRECISIONS} ('' = JAX's default).")
     # The programs are traced inside, so the precision is part of each compiled one.
-    with jax.default_matmul_precision(precision or None):
-        return _train_and_evaluate(config, workdir)
+    with jax.default_matmul_precision(_matmul_precision(config)):
+        return _train_and_evaluate(config, workdir, programs)
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLike):
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLike,
+                        programs: Programs):
     """`train_and_evaluate` at the matmul precision it chose."""
     workdir = workdir_lib.prepare(workdir)
     mesh = parallel.create_mesh()
@@ -236,13 +234,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLi
     gan = gan_lib.build(config, ds.num_classes, ds.channels)
     init_key, train_key, sample_key, eval_key = jax.random.split(
         jax.random.key(config.train.seed), 4)
-    state = jax.device_put(train_step.create_train_state(gan, config, init_key),
+    state = jax.device_put(programs.train_state(gan, config, init_key),
                            parallel.replicated_sharding(mesh))
     ckpts = checkpointing.Checkpoints(workdir, config.checkpoint.keep)
-    restored, start = ckpts.restore_latest(state, config)
-    if restored is not None:
-        state = restored
-        logging.info("resuming from the checkpoint of step %d in %s", start, ckpts.directory)
+    state, start = _restore(ckpts, state, config)
     workdir_lib.write_config(workdir, config, dict(
         num_classes=gan.num_classes, channels=ds.channels, num_examples=ds.num_examples,
         **plan.describe()))
@@ -253,86 +248,41 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLi
                  "(%d per epoch, %.4g epochs)", gan.num_classes, mesh.size, gan.g_lr, gan.d_lr,
                  start, num_steps, plan.steps_per_epoch, num_steps / plan.steps_per_epoch)
 
-    # `train.steps_per_dispatch` > 1: up to that many steps per call, in a loop on the
-    # device, each call ending where something periodic is due.
-    k = config.train.steps_per_dispatch
-    if k > 1 and jax.default_backend() == "cpu":
-        logging.warning("train.steps_per_dispatch=%d on CPU: XLA:CPU runs the convolutions "
-                        "inside the device-side loop about 18x slower (benchmarks/RESULTS.md); "
-                        "set it to 1 on CPU.", k)
-    step_fn = train_step.make_train_step(gan, config, mesh, steps_per_epoch=plan.steps_per_epoch,
-                                         steps_per_call=k)
-    # Grids and interpolations: a few images, from G on one device with explicit z.
-    apply_g = jax.jit(lambda v, z, y: gan.generator.apply(v, z, gan.labels_or_none(y)))
-    evaluator = _create_evaluator(config, ds, mesh) if plan.eval_every else None
-    # Without a feature network, the class-wise collapse check runs in D's features.
-    probe = (DFeatureDiversity(gan, mesh, ds.eval_iterator(config.eval.batch_size))
-             if plan.eval_every and evaluator is None else None)
-    if evaluator is not None or probe is not None:  # Compiled, batched, sharded.
-        gen_fn = train_step.make_generate_fn(gan, mesh)
+    # Up to `train.steps_per_dispatch` steps per call, each call ending where something
+    # periodic is due.
+    k = _steps_per_dispatch(config)
+    step_fn = programs.train_step(gan, config, mesh, steps_per_epoch=plan.steps_per_epoch,
+                                  steps_per_call=k)
+    sampler = actions.grid_sampler(config, gan)
     progress = periodic_actions.ReportProgress(
         num_train_steps=num_steps, writer=writer, every_steps=plan.log_every)
     guard = _NanGuard(ckpts.directory, start or None)
     jumps = _JumpWatch(config.monitor)
     records = _Records(guard, jumps)
-    # The iterator follows the same plan of dispatches from `start`, and the step folds
+    periodic = [actions.LogScalars(plan, writer, records, jumps),
+                actions.Grids(config, plan, gan, sampler, writer, workdir, sample_key),
+                *actions.eval_actions(config, plan, ds, gan, mesh, programs, writer, eval_key)]
+    checkpoint = _Checkpointer(ckpts, config, plan, records, guard, jumps)
+    finish = actions.Interpolations(config, plan, gan, sampler, workdir,
+                                    jax.random.fold_in(sample_key, 1))
+    # The plan of dispatches from `start` is the unbroken run's, and the step folds
     # `state.step` into the run's key: a resumed run sees the batches and noise of an
     # unbroken one.
-    batches = ds.iterator(start_step=start, chunks=plan.chunks(start, k), size=k)
+    batches = ds.plan_iterator(plan.chunks(start, k), k)
     try:
-        for dispatch, (first, count) in enumerate(plan.chunks(start, k)):
-            step = first + count
-            with jax.profiler.StepTraceAnnotation("train", step_num=step):
-                if k == 1:
-                    state, metrics = step_fn(state, next(batches), train_key)
-                else:
-                    state, metrics = step_fn(state, next(batches), train_key, jnp.int32(count))
-            records.add(first, count, metrics)
-            for done in range(first + 1, step + 1):
-                progress(done)
-            last = step == num_steps
-            if plan.due(step, plan.log_every) or last:
-                scalars = records.means()
-                if np.isfinite(jumps.statistic):
-                    scalars["d_jump"] = jumps.statistic
-                writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
-            params, model_state, which = _sampler(state, config)
-            if plan.due(step, plan.sample_every) or last:
-                sample = functools.partial(apply_g, {"params": params, **model_state})
-                grid = visualize.class_grid(sample, gan, sample_key, config.log.grid_rows,
-                                            config.log.grid_classes)
-                _write_grids(writer, workdir, step, grid, config.model.resolution)
-            if evaluator is not None and plan.eval_due(step):
-                # The same key at every step: score changes come from G, not from new z.
-                scores = evaluator.evaluate(
-                    lambda key, labels: gen_fn(params, model_state, key, labels),
-                    gan.num_classes, config.eval.num_samples, eval_key)
-                writer.write_scalars(step, {f"eval/{which}/{k}": v for k, v in scores.items()})
-                logging.info("step %d scores (%s G): %s", step, which, {
-                    k: v for k, v in scores.items() if not k.startswith("diversity_ratio/")})
-                _warn_collapse(step, which, scores, config.monitor.collapse_threshold)
-            if probe is not None and plan.eval_due(step):
-                ratios = probe.ratios({"params": state.d_params, **state.d_state},
-                                      lambda key, labels: gen_fn(params, model_state, key, labels),
-                                      eval_key)
-                writer.write_scalars(step, {f"eval/{which}/d_features/{k}": v
-                                            for k, v in ratios.items()})
-                _warn_collapse(step, which, ratios, config.monitor.collapse_threshold)
-            # SIGTERM: every process saves this step, then the run stops.
-            preempted = ckpts.reached_preemption(dispatch)
-            if plan.checkpoint_due(step) or jumps.pending or preempted:
-                records.settle()  # No checkpoint of a state that a non-finite loss made.
-                guard.check_state(step, state)
-                ckpts.save(step, state, config, keep_forever=jumps.pending)
-                jumps.pending = False
-                guard.last_saved = step
-            if preempted:
-                raise checkpointing.Preempted(step, ckpts.directory)
-        records.settle()
-        if num_steps > start:
-            params, model_state, _ = _sampler(state, config)
-            _write_interpolations(config, workdir, gan, functools.partial(
-                apply_g, {"params": params, **model_state}), jax.random.fold_in(sample_key, 1))
+        with preemption.Watcher() as sigterm:
+            for dispatch, (first, count, batch) in enumerate(batches):
+                step = first + count
+                with jax.profiler.StepTraceAnnotation("train", step_num=step):
+                    state, metrics = step_fn(state, batch, train_key, count)
+                records.add(first, count, metrics)
+                for done in range(first + 1, step + 1):
+                    progress(done)
+                for action in periodic:
+                    action(step, state)
+                # SIGTERM: every process saves this step, then the run stops.
+                checkpoint(step, state, preempted=sigterm.reached(dispatch))
+                finish(step, state)
     finally:
         batches.close()
         ckpts.close()

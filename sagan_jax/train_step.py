@@ -1,7 +1,7 @@
-"""The compiled, data-parallel GAN train step: state, schedule, EMA, metrics.
+"""The compiled, data-parallel GAN train step: state, update rule, EMA, metrics.
 
 One iteration follows the original (docs/original.md, Training): a G step (unless the
-schedule in `sagan_jax.schedule` skips it), then a D step, all inside one compiled
+update rule in `sagan_jax.update_rule` skips it), then a D step, all inside one compiled
 function with no host round trip. Every training-mode forward pass advances the SN
 power iteration and uses batch BN statistics, as in the original:
 
@@ -26,28 +26,32 @@ state stays replicated. SN's `u` needs no collective:
 every replica runs the same power iteration on the same weights.
 
 Noise: each example's `z` and fake label come from `GAN.noise` with the step's key and
-the example's *global* index (replica index x local batch + position), so every replica
+the example's *global* index (`sampling.example_indices`), so every replica
 draws its own noise, and a run gives the same numbers on 1 or N devices for the same
 global batch (which the tests check) at a cost proportional to the local batch.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct, traverse_util
 from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
 
-from sagan_jax import augment, losses, parallel, update_rule
+from sagan_jax import augment, losses, parallel, sampling, update_rule
 from sagan_jax.gan import GAN
 
 _G_COLLECTIONS = ["batch_stats", "spectral_norm"]
 _D_COLLECTIONS = ["spectral_norm"]
-_CHEAP_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+# XLA:CPU's cheap settings for the initialisation (see `create_train_state`).
+_CHEAP_CPU_COMPILE = {"xla_backend_optimization_level": 0,
+                      "xla_llvm_disable_expensive_passes": True}
 
 
 @struct.dataclass
@@ -63,8 +67,8 @@ class TrainState:
       ema_params: exponential moving average of `g_params` (its own buffers).
       ema_state: G's state for sampling with `ema_params`: BN running statistics
         averaged like the weights (as BigGAN's EMA averages buffers), SN `u`s copied.
-      d_loss_window: float32 [schedule.window], the latest D losses, oldest first.
-      d_only_left: int32, D-only iterations still to run (see `sagan_jax.schedule`).
+      d_loss_window: float32 [update_rule.window], the latest D losses, oldest first.
+      d_only_left: int32, D-only iterations still to run (see `sagan_jax.update_rule`).
     """
 
     step: jax.Array
@@ -101,9 +105,11 @@ def create_train_state(gan: GAN, config: Any, key: jax.Array) -> TrainState:
         return (gan.generator.init({"params": g_key}, z, y),
                 gan.discriminator.init({"params": d_key}, x, y))
 
-    # Runs once, so its speed is irrelevant, while XLA's full LLVM optimisation of the
-    # many initialisers (threefry each) took ~4x longer to compile on a 2-core CPU.
-    g_vars, d_vars = jax.jit(init).lower(key).compile(compiler_options=_CHEAP_COMPILE)(key)
+    # Runs once, so its speed is irrelevant, while XLA:CPU's full LLVM optimisation of
+    # the many initialisers (threefry each) compiles ~2.5x longer (the digits quick
+    # start on a 2-core CPU: 16-35 s instead of 7-14 s). Other backends compile as usual.
+    options = _CHEAP_CPU_COMPILE if jax.default_backend() == "cpu" else None
+    g_vars, d_vars = jax.jit(init).lower(key).compile(compiler_options=options)(key)
     g_params = g_vars.pop("params")
     d_params = d_vars.pop("params")
     copy = functools.partial(jax.tree.map, jnp.copy)
@@ -122,27 +128,11 @@ def create_train_state(gan: GAN, config: Any, key: jax.Array) -> TrainState:
     )
 
 
-GENERATORS = ("ema", "raw")
-
-
-def g_weights(state: TrainState, generator: str) -> tuple[Any, Any]:
-    """(params, model state) of G's EMA ('ema') or raw ('raw') weights in `state`."""
-    if generator not in GENERATORS:
-        raise ValueError(f"unknown generator {generator!r}; use one of {GENERATORS}.")
-    if generator == "ema":
-        return state.ema_params, state.ema_state
-    return state.g_params, state.g_state
-
-
 def ema_update(ema: Any, new: Any, step: jax.Array, decay: float, start: int) -> Any:
     """`decay * ema + (1 - decay) * new` once `step >= start`; before that a copy of `new`."""
     return jax.tree.map(
         lambda e, p: jnp.where(step >= start, decay * e + (1.0 - decay) * p, p), ema, new
     )
-
-
-def _replica_indices(local_batch: int) -> jax.Array:
-    return lax.axis_index(parallel.DATA_AXIS) * local_batch + jnp.arange(local_batch)
 
 
 def _attention_gammas(g_params: Any, d_params: Any) -> dict[str, jax.Array]:
@@ -216,7 +206,7 @@ def make_per_replica_step(gan: GAN, config: Any, *, steps_per_epoch: int,
 
     def d_view(images, key):
         """What D sees: `images` through the DiffAugment policy (unchanged without one)."""
-        return augment.augment(images, key, _replica_indices(images.shape[0]), policy)
+        return augment.augment(images, key, sampling.example_indices(images.shape[0]), policy)
 
     def g_step(state, z, y, aug_key):
         def loss_fn(g_params):
@@ -270,7 +260,7 @@ def make_per_replica_step(gan: GAN, config: Any, *, steps_per_epoch: int,
         key_g, key_d = jax.random.split(step_key)
         aug_g, aug_d = jax.random.split(jax.random.fold_in(step_key, 1))
         local_batch = batch["image"].shape[0]
-        indices = _replica_indices(local_batch)
+        indices = sampling.example_indices(local_batch)
         z_g, y_g = gan.noise(key_g, indices)
         if mode_seeking:
             if local_batch % 2:
@@ -305,8 +295,23 @@ def make_per_replica_step(gan: GAN, config: Any, *, steps_per_epoch: int,
     return step_fn
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainStep:
+    """`make_train_step`'s step: `count` becomes an int32 array whatever its Python
+    type, so a Python int and an array run the same executable (no retracing)."""
+
+    compiled: Callable
+
+    def __call__(self, state: TrainState, batches: dict, rng: jax.Array, count) -> tuple:
+        return self.compiled(state, batches, rng, np.int32(count))
+
+    def lower(self, state: TrainState, batches: dict, rng: jax.Array, count):
+        """`jax.jit`'s `lower` for these arguments."""
+        return self.compiled.lower(state, batches, rng, np.int32(count))
+
+
 def make_train_step(gan: GAN, config: Any, mesh: Mesh, *, steps_per_epoch: int,
-                    steps_per_call: int = 1, skip_with_cond: bool | None = None) -> Callable:
+                    steps_per_call: int = 1, skip_with_cond: bool | None = None) -> TrainStep:
     """The compiled data-parallel step over `mesh`; it donates the state.
 
     Args:
@@ -314,31 +319,43 @@ def make_train_step(gan: GAN, config: Any, mesh: Mesh, *, steps_per_epoch: int,
       config: the full config.
       mesh: the 1-D data mesh (`parallel.create_mesh()`).
       steps_per_epoch: global batches per epoch (see `make_per_replica_step`).
-      steps_per_call: K > 1 runs up to K iterations per call in a loop on the device
-        (as TPU trainers do, saving the host a dispatch and a round trip per step).
-        The number run is an argument of the call, not of the compilation, so one
-        executable serves every count, and K iterations in one call equal K calls of
-        one iteration bit for bit.
+      steps_per_call: K, the most iterations one call runs. K > 1 runs them in a loop
+        on the device (as TPU trainers do, saving the host a dispatch and a round trip
+        per step); the number run is an argument of the call, not of the compilation,
+        so one executable serves every count, and K iterations in one call equal K
+        calls of one iteration bit for bit. K = 1 runs its one iteration without a loop.
       skip_with_cond: see `make_per_replica_step` (None: by backend).
 
     Returns:
-      K = 1: `step(state, batch, rng) -> (state, metrics)`: `state` replicated, `batch`
-      the global batch sharded on its first axis, `rng` the run's key (the same every
-      step); `metrics` are scalars (`g_loss`, G's adversarial loss, and `g_grad_norm`
-      are 0 where `g_updated` is 0; with `train.mode_seeking`, `g_mode_seeking` is the
-      unweighted mode-seeking term). K > 1: `step(state, batches, rng, count) -> (state, metrics)`: `batches`
-      K global batches stacked (K, B, ...), sharded on the batch axis, of which the
-      first `count` (an int32 scalar, 1 to K) are trained on in order; `metrics` stacked
-      (K,), zero beyond `count`.
+      `step(state, batches, rng, count) -> (state, metrics)` for every K: `state`
+      replicated; `batches` K global batches stacked (K, B, ...), sharded on the batch
+      axis (`parallel.stacked_batch_sharding`), of which the first `count` (1 to K) are
+      trained on in order; `rng` the run's key (the same every step). `metrics` are
+      stacked (K,), zero beyond `count` (`g_loss`, G's adversarial loss, and
+      `g_grad_norm` are 0 where `g_updated` is 0; with `train.mode_seeking`,
+      `g_mode_seeking` is the unweighted mode-seeking term).
     """
     parallel.check_divisible(config.train.batch_size, mesh)
     single = make_per_replica_step(gan, config, steps_per_epoch=steps_per_epoch,
                                    skip_with_cond=skip_with_cond)
-    if steps_per_call == 1:
-        return parallel.data_parallel(
-            single, mesh, in_specs=(P(), P(parallel.DATA_AXIS), P()), out_specs=(P(), P()),
-            donate_argnums=(0,))
+    per_call = _one_step(single) if steps_per_call == 1 else _step_loop(single, steps_per_call)
+    return TrainStep(parallel.data_parallel(
+        per_call, mesh, in_specs=(P(), P(None, parallel.DATA_AXIS), P(), P()),
+        out_specs=(P(), P()), donate_argnums=(0,)))
 
+
+def _one_step(single: Callable) -> Callable:
+    """Steps of one iteration (K = 1): the stacked batch's only entry, no loop (XLA:CPU
+    runs a loop's convolutions much slower), the count ignored (it is always 1)."""
+    def one(state, batches, rng, count):
+        del count
+        state, metrics = single(state, jax.tree.map(lambda x: x[0], batches), rng)
+        return state, jax.tree.map(lambda m: m[None], metrics)
+    return one
+
+
+def _step_loop(single: Callable, steps_per_call: int) -> Callable:
+    """Steps of up to `steps_per_call` iterations, in a loop on the device."""
     def several(state, batches, rng, count):
         def body(i, carry):
             state, metrics = carry
@@ -353,34 +370,4 @@ def make_train_step(gan: GAN, config: Any, mesh: Mesh, *, steps_per_epoch: int,
         # A trip count known only at run time: XLA keeps the loop (and its body's
         # compilation) whatever the count.
         return lax.fori_loop(0, count, body, (state, metrics))
-
-    return parallel.data_parallel(
-        several, mesh, in_specs=(P(), P(None, parallel.DATA_AXIS), P(), P()),
-        out_specs=(P(), P()), donate_argnums=(0,))
-
-
-def make_generate_fn(gan: GAN, mesh: Mesh) -> Callable:
-    """Eval-mode G on the mesh (BN running statistics, SN state read, not advanced).
-
-    Returns:
-      `generate(g_params, g_state, key, labels) -> images` float32 [-1, 1] NHWC, one per
-      label (their number a multiple of the mesh size). Pass `state.ema_params,
-      state.ema_state` or `state.g_params, state.g_state`. Example i's `z` is
-      `gan.noise(key, i)`'s, whatever the number of devices (the sample grids draw theirs
-      the same way). Unconditional models ignore labels.
-    """
-    def per_replica(g_params, g_state, key, labels):
-        z, _ = gan.noise(key, _replica_indices(labels.shape[0]))
-        return gan.generator.apply({"params": g_params, **g_state}, z, gan.labels_or_none(labels))
-
-    fn = parallel.data_parallel(
-        per_replica, mesh, in_specs=(P(), P(), P(), P(parallel.DATA_AXIS)), out_specs=P(parallel.DATA_AXIS)
-    )
-
-    def generate(g_params, g_state, key, labels):
-        n, devices = labels.shape[0], mesh.devices.size
-        if n % devices:
-            raise ValueError(f"{n} labels cannot be split over {devices} devices; pass a multiple of {devices}.")
-        return fn(g_params, g_state, key, jnp.asarray(labels, jnp.int32))
-
-    return generate
+    return several

@@ -56,7 +56,7 @@ def class_grid(apply_fn: Callable, gan: GAN, key: jax.Array, rows: int,
     Args:
       apply_fn: (z, labels) -> images float32 [-1, 1] NHWC (G in eval mode).
       gan: G's classes and noise: image i's `z` is `gan.noise(key, i)`'s, as for the
-        i-th image that `train_step.make_generate_fn` makes with the same key.
+        i-th image that `sampling.make_generate_fn` makes with the same key.
       key: PRNG key of the z; a fixed key gives the same z at every step, so the grids
         of a run compare.
       rows: samples per class.

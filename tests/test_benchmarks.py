@@ -43,6 +43,7 @@ def _table(stdout):
     return rows[0], [dict(zip(rows[0], r)) for r in rows[1:]]
 
 
+@pytest.mark.slow
 def test_tiny_run_prints_one_table_with_the_issues_columns(tiny_run):
     header, rows = _table(tiny_run)
     assert header == COLUMNS
@@ -52,6 +53,7 @@ def test_tiny_run_prints_one_table_with_the_issues_columns(tiny_run):
     assert "imported: []" in tiny_run
 
 
+@pytest.mark.slow
 def test_step_row_arithmetic(tiny_run):
     step = _table(tiny_run)[1][0]
     batch, ms, img_s = int(step["batch"]), float(step["ms/iter"]), float(step["img/s"])
@@ -63,6 +65,7 @@ def test_step_row_arithmetic(tiny_run):
     assert float(step["compile s"]) > 0
 
 
+@pytest.mark.slow
 def test_score_rows_time_the_same_images_at_both_precisions(tiny_run):
     highest, default = _table(tiny_run)[1][1:]
     for row in (highest, default):

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from compiled_once import compile_once  # noqa: F401 -- an autouse fixture.
+from compiled_once import PROGRAMS
 from etils import epath
 from etils.epath import gpath, testing as epath_testing
 from jax.experimental import multihost_utils
@@ -103,6 +103,7 @@ def leaves(state):
     return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state))]
 
 
+@pytest.mark.slow
 def test_a_run_in_a_bucket(tmp_path, monkeypatch):
     storage, here = tmp_path / "gcs", tmp_path / "cwd"  # gs://X/... is gcs/X/...
     storage.mkdir()
@@ -110,15 +111,17 @@ def test_a_run_in_a_bucket(tmp_path, monkeypatch):
     monkeypatch.chdir(here)  # A path taken for local would be written under here/gs:/...
     local_run = str(tmp_path / "local")
     expected = leaves(train.train_and_evaluate(digits_config(4, str(tmp_path / "stats")),
-                                               local_run))
+                                               local_run, programs=PROGRAMS))
     with fake_gcs(storage):
-        train.train_and_evaluate(digits_config(2, "gs://bucket/stats"), RUN)
-        resumed = train.train_and_evaluate(digits_config(4, "gs://bucket/stats"), RUN)
+        train.train_and_evaluate(digits_config(2, "gs://bucket/stats"), RUN, programs=PROGRAMS)
+        resumed = train.train_and_evaluate(digits_config(4, "gs://bucket/stats"), RUN,
+                                           programs=PROGRAMS)
         ckpts = checkpointing.Checkpoints(RUN, 3, read_only=True)
         assert ckpts.all_steps() == [2, 4]
         ckpts.close()
         assert workdir_lib.read_config(RUN).run.num_steps == 4
-        rows = score.evaluate_workdir(RUN, num_samples=64, generators=("ema",))
+        rows = score.evaluate_workdir(RUN, num_samples=64, generators=("ema",),
+                                      programs=PROGRAMS)
         table = report.write_report([RUN], "gs://bucket/report/runs.md")
     for x, y in zip(leaves(resumed), expected):
         np.testing.assert_array_equal(x, y)  # Resumed in the bucket as from a local disk.

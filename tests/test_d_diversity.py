@@ -30,11 +30,11 @@ def test_names_exactly_the_classes_that_ignore_z():
         index = jax.random.randint(key, y.shape, 0, 150)
         return by_class[y, jnp.where(collapsed[y], 0, index)]
 
-    got = probe.ratios(variables, generate, jax.random.key(1))
-    ratios = np.asarray([got[f"diversity_ratio/{c}"] for c in range(10)])
-    assert np.flatnonzero(ratios < 0.6).tolist() == [1, 8]
+    got = probe.check(variables, generate, jax.random.key(1), 0.6)
+    ratios = got.ratios
+    assert got.collapsed_classes == ["1", "8"] and got.threshold == 0.6
     assert ratios[[1, 8]].max() < 1e-6 and np.delete(ratios, [1, 8]).min() > 0.7
-    assert got["diversity_ratio_min"] == ratios.min()
+    assert got.minimum == ratios.min()
 
     # Independent recomputation: D's features of the same images, scipy's pdist.
     def class_means(x, y):

@@ -76,7 +76,7 @@ def test_folder_images_labels_and_skipped_files(tree, caplog):
         ds = load(tree)
     files = expected_files(tree)
     assert (ds.num_examples, ds.num_classes, ds.image_size, ds.channels) == (10, 3, 16, 3)
-    batch = next(ds.iterator())
+    batch = ds.host_batch(0)
     assert batch["image"].shape == (4, 16, 16, 3) and batch["label"].dtype == np.int32
     images, labels = zip(*[(b["image"], b["label"]) for b in ds.eval_iterator(4)])
     images, labels = np.concatenate(images), np.concatenate(labels)

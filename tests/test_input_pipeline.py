@@ -14,7 +14,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from configs import common
-from sagan_jax import data, parallel
+from sagan_jax import data, parallel, periods
 from sagan_jax.data import sources, tfds_datasets
 
 
@@ -134,17 +134,34 @@ def test_same_seed_same_batches_other_seed_other_batches():
     assert not np.array_equal(a.host_batch(0)["image"], c.host_batch(0)["image"])
 
 
+def plan(start, k, num_steps=9, checkpoint_every=4):
+    """`Periods.chunks` of a run of `num_steps` with checkpoints every `checkpoint_every`."""
+    return periods.Periods(num_steps=num_steps, steps_per_epoch=3, sample_every=0,
+                           checkpoint_every=checkpoint_every, checkpoint_offset=0,
+                           eval_every=0, log_every=0).chunks(start, k)
+
+
 @pytest.mark.parametrize("prefetch", [0, 2])
-def test_resume_gives_the_batches_of_an_unbroken_run(prefetch):
+def test_plan_iterator_stacks_each_dispatch_and_resumes_like_an_unbroken_run(prefetch):
+    """Up to 3 steps per dispatch, dispatches ending at the checkpoints of steps 4 and 8:
+    each dispatch holds its steps' batches in order, then zeros; a run resumed at step 4
+    gets the unbroken run's dispatches from there."""
     ds = indexed_dataset(n=30, batch=8, mesh=mesh_of(1), prefetch=prefetch)
-    unbroken = ds.iterator()
-    expected = [next(unbroken) for _ in range(9)]  # 3 steps per epoch: crosses 2 epochs
-    resumed = ds.iterator(start_step=4)
-    for want in expected[4:]:
-        got = next(resumed)
+    unbroken = list(ds.plan_iterator(plan(0, 3), 3))  # 3 steps per epoch: crosses 2 epochs
+    assert [(first, count) for first, count, _ in unbroken] == [
+        (0, 3), (3, 1), (4, 3), (7, 1), (8, 1)]
+    for first, count, batches in unbroken:
+        assert batches["image"].shape == (3, 8, 4, 4, 3) and batches["label"].shape == (3, 8)
+        for i in range(count):  # host_batch's order is tested above.
+            for key in ("image", "label"):
+                np.testing.assert_array_equal(batches[key][i], ds.host_batch(first + i)[key])
+        assert not np.asarray(batches["image"][count:]).any()
+    resumed = ds.plan_iterator(plan(4, 3), 3)
+    for (first, count, want), (got_first, got_count, got) in zip(unbroken[2:], resumed,
+                                                                 strict=True):
+        assert (got_first, got_count) == (first, count)
         for key in ("image", "label"):
             np.testing.assert_array_equal(np.asarray(got[key]), np.asarray(want[key]))
-    unbroken.close()
     resumed.close()
 
 
@@ -152,22 +169,23 @@ def test_resume_gives_the_batches_of_an_unbroken_run(prefetch):
 def test_device_shards_are_disjoint_and_cover_the_batch(num_devices):
     mesh = mesh_of(num_devices)
     ds = indexed_dataset(n=64, batch=16, mesh=mesh)
-    it = ds.iterator(start_step=5)
-    batch = next(it)
+    it = ds.plan_iterator([(5, 1)], 1)
+    _, _, batch = next(it)
     it.close()
     expected = ds.host_batch(5)
     for key in ("image", "label"):
         array = batch[key]
-        assert array.shape[0] == 16 and array.sharding == parallel.batch_sharding(mesh)
-        shards = sorted(array.addressable_shards, key=lambda s: s.index[0].start)
+        assert array.shape[:2] == (1, 16)
+        assert array.sharding == parallel.stacked_batch_sharding(mesh)
+        shards = sorted(array.addressable_shards, key=lambda s: s.index[1].start)
         assert len(shards) == num_devices
         assert {s.device for s in shards} == set(mesh.devices.flat)
-        bounds = [(s.index[0].start, s.index[0].stop) for s in shards]
+        bounds = [(s.index[1].start, s.index[1].stop) for s in shards]
         assert bounds == [(i * 16 // num_devices, (i + 1) * 16 // num_devices)
                           for i in range(num_devices)]
-        np.testing.assert_array_equal(np.concatenate([np.asarray(s.data) for s in shards]),
+        np.testing.assert_array_equal(np.concatenate([np.asarray(s.data)[0] for s in shards]),
                                       expected[key])
-    assert len(np.unique(example_ids(batch["image"]))) == 16
+    assert len(np.unique(example_ids(batch["image"][0]))) == 16
 
 
 def test_prefetch_thread_errors_reach_the_consumer(monkeypatch):
@@ -176,8 +194,8 @@ def test_prefetch_thread_errors_reach_the_consumer(monkeypatch):
     def broken(step):
         raise RuntimeError(f"step {step} failed")
 
-    monkeypatch.setattr(ds, "global_batch", broken)
-    it = ds.iterator(start_step=2)
+    monkeypatch.setattr(ds, "host_batch", broken)
+    it = ds.plan_iterator([(2, 1), (3, 1)], 1)
     for _ in range(2):
         with pytest.raises(RuntimeError, match="step 2 failed"):
             next(it)
@@ -205,7 +223,7 @@ def test_tfds_datasets(name, variant, split, size, num_classes):
         raw = list(tfds.builder(name).as_dataset(split=split).as_numpy_iterator())
     assert (ds.num_examples, ds.num_classes, ds.image_size, ds.channels) == (
         12, num_classes, size, 3)
-    batch = next(ds.iterator())
+    batch = ds.host_batch(0)
     assert batch["image"].shape == (8, size, size, 3) and batch["image"].dtype == np.float32
     assert batch["label"].shape == (8,) and batch["label"].dtype == np.int32
     images, labels = all_examples(ds)

@@ -1,7 +1,7 @@
-"""The D-loss jump detector and the class-wise collapse detector, on cases with known answers.
+"""The D-loss jump detector, on cases with known answers.
 
-References: scipy's pdist for the diversity; a plain-Python transcription of the jump
-statistic from its docstring (statistics.median, no ring buffers).
+Reference: a plain-Python transcription of the jump statistic from its docstring
+(statistics.median, no ring buffers).
 """
 import math
 import pathlib
@@ -9,7 +9,6 @@ import statistics
 
 import numpy as np
 import pytest
-from scipy.spatial.distance import pdist
 
 from sagan_jax import monitors
 
@@ -106,123 +105,6 @@ def test_bad_settings_raise():
         monitors.DLossJumpDetector(short=0)
     with pytest.raises(ValueError, match="re-arm"):
         monitors.DLossJumpDetector(threshold=2.0, rearm=3.0)
-
-
-def reference_diversity(features, labels, num_classes):
-    return np.array([pdist(features[labels == c].astype(np.float64)).mean()
-                     if (labels == c).sum() >= 2 else np.nan for c in range(num_classes)])
-
-
-def class_features(rng, num_classes, per_class, dim=64):
-    """Gaussian clusters with class-dependent centres and spreads, labels shuffled."""
-    centres = rng.normal(0, 3, (num_classes, dim))
-    scales = rng.uniform(0.5, 2.0, num_classes)
-    labels = rng.permutation(np.repeat(np.arange(num_classes), per_class))
-    features = centres[labels] + scales[labels, None] * rng.normal(size=(len(labels), dim))
-    return features.astype(np.float32), labels
-
-
-@pytest.mark.parametrize("seed", SEEDS)
-def test_diversity_matches_pdist(seed):
-    rng = np.random.default_rng(seed)
-    features, labels = class_features(rng, 5, 300)
-    features += 100.0  # Far from the origin: the Gram identity must not lose digits.
-    got = monitors.class_diversity(features, labels, 6)
-    want = reference_diversity(features, labels, 6)
-    np.testing.assert_allclose(got[:5], want[:5], rtol=1e-12)
-    assert np.isnan(got[5]) and np.isnan(want[5])
-
-
-def test_diversity_spans_several_blocks(monkeypatch):
-    monkeypatch.setattr(monitors, "BLOCK", 7)
-    rng = np.random.default_rng(0)
-    features, labels = class_features(rng, 3, 40)
-    np.testing.assert_allclose(monitors.class_diversity(features, labels, 3),
-                               reference_diversity(features, labels, 3), rtol=1e-12)
-
-
-def test_diversity_of_near_copies_keeps_its_digits():
-    rng = np.random.default_rng(0)
-    base = rng.normal(0, 10, 2048)
-    copies = base + 1e-6 * rng.normal(size=(50, 2048))
-    got = monitors.class_diversity(copies, np.zeros(50, int), 1)
-    np.testing.assert_allclose(got, reference_diversity(copies, np.zeros(50, int), 1),
-                               rtol=1e-9)
-
-
-def test_diversity_invariant_to_order_and_batching():
-    rng = np.random.default_rng(3)
-    features, labels = class_features(rng, 4, 200)
-    want = monitors.class_diversity(features, labels, 4)
-    perm = rng.permutation(len(labels))
-    np.testing.assert_allclose(monitors.class_diversity(features[perm], labels[perm], 4),
-                               want, rtol=1e-13)
-    for batch in (1, 7, 64, 500):  # Features gathered batch by batch, as the evaluator does.
-        chunks = [(features[i:i + batch], labels[i:i + batch])
-                  for i in range(0, len(labels), batch)]
-        gathered = np.concatenate([f for f, _ in chunks]), np.concatenate([l for _, l in chunks])
-        np.testing.assert_array_equal(monitors.class_diversity(*gathered, 4), want)
-
-
-@pytest.mark.parametrize("seed", SEEDS)
-def test_collapse_names_exactly_the_classes_that_ignore_z(seed):
-    rng = np.random.default_rng(seed)
-    num_classes = 8
-    real, real_labels = class_features(rng, num_classes, 200)
-    collapsed = np.sort(rng.choice(num_classes, 3, replace=False))
-    # The "generator": samples of the same distribution, except that in the collapsed
-    # classes it ignores z and emits one image (tiny noise from the feature net's numerics).
-    fake, fake_labels = class_features(np.random.default_rng(seed), num_classes, 150)
-    fake = fake + rng.normal(0, 1e-3, fake.shape)  # A different draw than `real`.
-    for c in collapsed:
-        rows = fake_labels == c
-        fake[rows] = fake[rows][0] + rng.normal(0, 1e-3, (rows.sum(), fake.shape[1]))
-    ratios, named = monitors.collapse_check(
-        monitors.class_diversity(fake, fake_labels, num_classes),
-        monitors.class_diversity(real, real_labels, num_classes))
-    np.testing.assert_array_equal(named, collapsed)
-    assert np.all(ratios[collapsed] < 0.01)
-
-
-@pytest.mark.parametrize("seed", SEEDS)
-def test_two_real_draws_raise_nothing(seed):
-    rng = np.random.default_rng(seed)
-    features, labels = class_features(rng, 10, 200)
-    half = np.arange(len(labels)) % 2 == 0  # Two disjoint draws of the same distribution.
-    ratios, named = monitors.collapse_check(
-        monitors.class_diversity(features[half], labels[half], 10),
-        monitors.class_diversity(features[~half], labels[~half], 10))
-    assert named.size == 0
-    np.testing.assert_allclose(ratios, 1.0, atol=0.05)
-
-
-def test_collapse_check_skips_unusable_classes():
-    ratios, named = monitors.collapse_check(np.array([0.1, np.nan, 0.5, 1.0]),
-                                            np.array([1.0, 1.0, 0.0, 1.0]))
-    np.testing.assert_array_equal(ratios, [0.1, np.nan, np.nan, 1.0])
-    np.testing.assert_array_equal(named, [0])
-    with pytest.raises(ValueError, match="one value per class"):
-        monitors.collapse_check(np.ones(3), np.ones(4))
-
-
-def test_bad_labels_raise():
-    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
-        monitors.class_diversity(np.zeros((4, 2)), np.array([0, 1, 2, 3]), 3)
-    with pytest.raises(ValueError, match="expected features"):
-        monitors.class_diversity(np.zeros((4, 2)), np.zeros(3, int), 3)
-
-
-def test_diversity_of_three_points_on_a_line():
-    x = np.array([[0.0, 0.0], [3.0, 4.0], [6.0, 8.0]])  # Pair distances 5, 5 and 10.
-    assert monitors.class_diversity(x, np.zeros(3, int), 1)[0] == pytest.approx(20 / 3, rel=1e-15)
-
-
-def test_collapse_warning_names_the_classes():
-    ratios = np.array([0.9, 0.12, 1.0, 0.5])
-    assert monitors.collapse_warning(ratios, np.array([], int), 0.6) is None
-    assert monitors.collapse_warning(ratios, np.array([1, 3]), 0.6) == (
-        "class-wise collapse: 2 of 4 classes have less than 0.6 of the real images' "
-        "diversity (class (ratio)): 1 (0.12), 3 (0.50)")
 
 
 # D's loss at every step of real runs of the digits quick start (`configs/digits.py`,

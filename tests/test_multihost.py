@@ -1,4 +1,5 @@
-"""Several processes: when `jax.distributed` starts, and a run of two processes against one.
+"""Several processes: when `jax.distributed` starts (and what JAX finds without flags),
+and a run of two processes against one.
 
 Two processes on this machine (a localhost coordinator, 2 CPU devices each, collectives
 over gloo) train the digits test config through `train.train_and_evaluate`; this process
@@ -21,9 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from compiled_once import compile_once  # noqa: F401 -- an autouse fixture.
+from compiled_once import PROGRAMS
 
-from sagan_jax import checkpointing, data, gan as gan_lib, parallel, startup, train, train_step
+from sagan_jax import checkpointing, data, gan as gan_lib, parallel, startup, train
 from sagan_jax.data import sources
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,54 +32,80 @@ PROCESSES = 2
 LAPTOP = {"HOME": "/home/me", "PATH": "/usr/bin"}
 SLURM = {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "node[1-2]", "SLURM_PROCID": "1",
          "SLURM_LOCALID": "0", "SLURM_NTASKS": "2"}
+# What JAX reads to find a cluster by itself, kept out of the process that finds none.
+CLUSTER_VARIABLES = ("SLURM_", "OMPI_", "KUBERNETES_", "TPU_", "JAX_COORDINATOR_",
+                     "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "JAX_LOCAL_DEVICE_IDS")
 
 
-@pytest.mark.parametrize("flags,environ,tpu_vm,expected", [
-    ({}, LAPTOP, False, None),
-    ({}, {**SLURM, "SLURM_NTASKS": "1"}, False, None),  # An interactive srun shell.
-    ({}, {**SLURM, "SLURM_STEP_NODELIST": None}, False, None),  # sbatch, outside srun.
-    ({}, SLURM, False, {}),
-    ({}, {"OMPI_MCA_orte_hnp_uri": "1;tcp://10.0.0.1:1", "OMPI_COMM_WORLD_SIZE": "1"},
-     False, None),
-    ({}, {"OMPI_MCA_orte_hnp_uri": "1;tcp://10.0.0.1:1", "OMPI_COMM_WORLD_SIZE": "4"},
-     False, {}),
-    ({}, LAPTOP, True, {}),  # JAX reads the slice's hosts from the TPU metadata.
-    (dict(coordinator_address="h:1234", num_processes=2, process_id=1), LAPTOP, False,
+@pytest.mark.parametrize("flags,environ,expected", [
+    ({}, LAPTOP, {}),  # JAX looks for a cluster (a TPU slice, SLURM, Open MPI, Kubernetes).
+    ({}, SLURM, {}),
+    ({}, {**SLURM, "SLURM_NTASKS": "1"}, None),  # An interactive srun shell.
+    ({}, {"OMPI_MCA_orte_hnp_uri": "1;tcp://10.0.0.1:1", "OMPI_COMM_WORLD_SIZE": "1"}, None),
+    (dict(coordinator_address="h:1234", num_processes=2, process_id=1), LAPTOP,
      dict(coordinator_address="h:1234", num_processes=2, process_id=1)),
     ({}, {"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "3", "JAX_PROCESS_ID": "2"},
-     False, dict(coordinator_address="h:1", num_processes=3, process_id=2)),
-    (dict(num_processes=1), LAPTOP, True, None),
-    (dict(coordinator_address="h:1"), SLURM, False, dict(coordinator_address="h:1")),
+     dict(coordinator_address="h:1", num_processes=3, process_id=2)),
+    (dict(num_processes=1), SLURM, None),
+    (dict(coordinator_address="h:1"), SLURM, dict(coordinator_address="h:1")),
 ])
-def test_when_jax_distributed_starts(flags, environ, tpu_vm, expected):
-    environ = {k: v for k, v in environ.items() if v is not None}
-    assert startup.distributed_args(**flags, environ=environ, tpu_vm=tpu_vm) == expected
+def test_when_jax_distributed_starts(flags, environ, expected):
+    assert startup.distributed_args(**flags, environ=environ) == expected
 
 
 @pytest.mark.parametrize("flags,environ,message", [
-    (dict(coordinator_address="h:1"), {}, "needs --num_processes, --process_id as well"),
-    (dict(num_processes=2, process_id=0), {}, "needs --coordinator_address as well"),
     (dict(coordinator_address="h:1", num_processes=2, process_id=2), {},
      "--process_id=2 must be one of 0..1"),
     ({}, {"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "two"},
      "JAX_NUM_PROCESSES='two' is not a whole number"),
 ])
-def test_incomplete_multiprocess_flags_are_one_line(flags, environ, message):
+def test_inconsistent_multiprocess_flags_are_one_line(flags, environ, message):
     with pytest.raises(ValueError, match=message) as e:
-        startup.distributed_args(**flags, environ=environ, tpu_vm=False)
+        startup.distributed_args(**flags, environ=environ)
     assert "\n" not in str(e.value)
 
 
-def test_a_tpu_vm_without_slice_metadata_runs_alone(monkeypatch, caplog):
-    def no_cluster(**kwargs):
-        raise ValueError("coordinator_address should be defined.")
+# A fresh process, as JAX must start before anything uses a device: where JAX finds no
+# cluster, flags that leave some of the three out are one line each, and no flags at all
+# are a run of one process (`python -m sagan_jax.main` on this machine: test_start.py).
+NO_CLUSTER = textwrap.dedent("""
+    import sys
+    sys.path[:0] = [sys.argv[1]]
+    import jax
+    from sagan_jax import startup
+    for args in ({"coordinator_address": "h:1"}, {"num_processes": 2, "process_id": 1}, {}):
+        try:
+            startup._initialize(args)
+        except ValueError as e:
+            print(e)
+    print(jax.distributed.is_initialized(), jax.process_count())
+""")
 
-    monkeypatch.setattr(jax.distributed, "initialize", no_cluster)
-    startup._initialize({}, may_run_alone=True)  # pylint: disable=protected-access
-    assert "found no TPU slice (ValueError: coordinator_address" in caplog.text
-    with pytest.raises(ValueError, match="could not join the run's processes") as e:
-        startup._initialize({}, may_run_alone=False)  # pylint: disable=protected-access
-    assert "\n" not in str(e.value)
+
+def test_where_jax_finds_no_cluster_the_run_is_one_process():
+    env = {k: v for k, v in os.environ.items() if not k.startswith(CLUSTER_VARIABLES)}
+    result = subprocess.run([sys.executable, "-c", NO_CLUSTER, REPO], env=env, cwd=REPO,
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    needs = ("a run of several processes needs {} as well (or JAX_COORDINATOR_ADDRESS, "
+             "JAX_NUM_PROCESSES, JAX_PROCESS_ID): give all three, the same coordinator and "
+             "count on every process.")
+    assert result.stdout.splitlines() == [needs.format("--num_processes, --process_id"),
+                                          needs.format("--coordinator_address"), "False 1"]
+
+
+def test_processes_that_cannot_join_are_one_line(monkeypatch):
+    def unreachable(**kwargs):  # What JAX raises when the coordinator never answers.
+        raise RuntimeError("DEADLINE_EXCEEDED: Barrier timed out.\nAdditional details...")
+
+    monkeypatch.setattr(jax.distributed, "initialize", unreachable)
+    for args in ({}, dict(coordinator_address="h:1", num_processes=2, process_id=1)):
+        with pytest.raises(ValueError) as e:
+            startup._initialize(args)  # pylint: disable=protected-access
+        assert str(e.value) == (
+            "could not join the run's processes (RuntimeError: DEADLINE_EXCEEDED: Barrier "
+            "timed out.); check that every process has the same coordinator address and "
+            "count, or run alone with --num_processes=1.")
 
 
 # One process of the pair: trains to step 4 (checkpoints 2 and 4), saves its copy of the
@@ -98,8 +125,8 @@ WORKER = textwrap.dedent("""
     import numpy as np
     import pytest
     from etils import epath
-    import compiled_once
-    from sagan_jax import checkpointing, train, train_step
+    from compiled_once import PROGRAMS
+    from sagan_jax import checkpointing, programs, train
     from configs import digits
 
     def save_state(state, name):
@@ -117,31 +144,32 @@ WORKER = textwrap.dedent("""
     config = digits.get_config("test")
     config.train.num_steps, config.checkpoint.keep = 4, 3
     times = {"start_s": time.time() - start}
-    with pytest.MonkeyPatch.context() as mp:
-        for name in ("make_train_step", "make_generate_fn", "create_train_state"):
-            mp.setattr(train_step, name, compiled_once._memoized(name, getattr(train_step, name)))
-        mp.setattr(epath.gpath._GPath, "open", recording_open)
-        t = time.time()
-        save_state(train.train_and_evaluate(config, workdir), "first")
-        times["first_s"] = time.time() - t
-        while not os.path.exists(os.path.join(out, "go")):
-            time.sleep(0.2)
-        t = time.time()
-        save_state(train.train_and_evaluate(config, workdir), "resumed")
-        times["resumed_s"] = time.time() - t
+    class Announcing(programs.Programs):  # PROGRAMS' programs; a file as the step runs.
+        def train_state(self, *args):
+            return PROGRAMS.train_state(*args)
 
-        make_step = train_step.make_train_step
-        def announcing(*args, **kwargs):
-            step = make_step(*args, **kwargs)
+        def train_step(self, *args, **kwargs):
+            step = PROGRAMS.train_step(*args, **kwargs)
             def run(*step_args):
                 open(os.path.join(out, f"p{process_id}_training"), "w").close()
                 return step(*step_args)
             return run
-        mp.setattr(train_step, "make_train_step", announcing)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(epath.gpath._GPath, "open", recording_open)
+        t = time.time()
+        save_state(train.train_and_evaluate(config, workdir, programs=PROGRAMS), "first")
+        times["first_s"] = time.time() - t
+        while not os.path.exists(os.path.join(out, "go")):
+            time.sleep(0.2)
+        t = time.time()
+        save_state(train.train_and_evaluate(config, workdir, programs=PROGRAMS), "resumed")
+        times["resumed_s"] = time.time() - t
+
         config.train.num_steps = 1_000_000
         config.checkpoint.every_steps = config.log.sample_every_steps = 1000
         try:
-            train.train_and_evaluate(config, workdir)
+            train.train_and_evaluate(config, workdir, programs=Announcing())
         except checkpointing.Preempted as e:
             times["preempted_at"] = e.step
     with open(os.path.join(out, f"p{process_id}.json"), "w") as f:
@@ -238,6 +266,7 @@ def max_abs_difference(a, b):
                for x, y in zip(a, b))
 
 
+@pytest.mark.slow
 def test_two_processes_train_as_one(tmp_path, monkeypatch):
     out, workdir = tmp_path / "out", tmp_path / "two"
     out.mkdir()
@@ -258,7 +287,8 @@ def test_two_processes_train_as_one(tmp_path, monkeypatch):
         # Meanwhile, the reference: one process, 4 devices, the same global batches.
         use_the_two_processes_batches(monkeypatch)
         t = time.time()
-        reference = jax.device_get(train.train_and_evaluate(config4(), str(tmp_path / "one")))
+        reference = jax.device_get(train.train_and_evaluate(config4(), str(tmp_path / "one"),
+                                                            programs=PROGRAMS))
         reference_s = time.time() - t
 
         wait_for([out / f"p{p}_first.npz" for p in range(PROCESSES)], workers, log)
@@ -270,7 +300,7 @@ def test_two_processes_train_as_one(tmp_path, monkeypatch):
         # Their checkpoint restores in one process, bit for bit.
         config = config4()
         gan = gan_lib.build(config, 10, 1)
-        initial = train_step.create_train_state(
+        initial = PROGRAMS.train_state(
             gan, config, jax.random.split(jax.random.key(config.train.seed), 4)[0])
         like = jax.device_put(initial, parallel.replicated_sharding(parallel.create_mesh()))
         ckpts = checkpointing.Checkpoints(str(workdir), 3, read_only=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import nbclient
 import nbformat
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "launch" / "colab.ipynb"
@@ -45,6 +46,7 @@ def test_notebook_is_stored_without_outputs():
     assert all(c.outputs == [] and c.execution_count is None for c in code)
 
 
+@pytest.mark.slow
 def test_notebook_runs_and_shows_the_grid(tmp_path, monkeypatch):
     workdir = tmp_path / "digits"
     monkeypatch.setenv("SAGAN_NOTEBOOK_CONFIG", "configs/digits.py:test")

@@ -1,7 +1,6 @@
 """The original's IS protocol under `,original`: in-training scores at the checkpoint
 epochs 1, 6, 11, ..., eval-mode BN with the unbiased running variance, float32 matmuls,
 and the best checkpoint picked by IS."""
-import csv
 import importlib
 import os
 
@@ -13,6 +12,7 @@ import pytest
 
 from configs import common
 from sagan_jax import periods, render, train
+from sagan_jax import workdir as workdir_lib
 from sagan_jax.models import build_models
 
 CIFAR10_STEPS_PER_EPOCH = 50_000 // 256  # 195
@@ -90,12 +90,9 @@ def test_unknown_matmul_precision_is_one_line(tmp_path):
 
 
 def test_best_checkpoint_by_is_or_by_fid(tmp_path):
-    os.makedirs(tmp_path / "eval")
-    with open(tmp_path / "eval" / "scores.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["step", "generator", "num_samples", "FID", "IS"])
-        writer.writeheader()
-        writer.writerows([dict(step=195, generator="raw", num_samples=10000, FID=40.0, IS=6.1),
-                          dict(step=1170, generator="raw", num_samples=10000, FID=35.0, IS=5.9)])
+    workdir_lib.write_scores_csv(tmp_path, [
+        dict(step=195, generator="raw", num_samples=10000, FID=40.0, IS=6.1),
+        dict(step=1170, generator="raw", num_samples=10000, FID=35.0, IS=5.9)])
     assert render.best_step(str(tmp_path), "raw", "IS") == (195, "IS", 6.1)
     assert render.best_step(str(tmp_path), "raw", "FID") == (1170, "FID", 35.0)
     assert render.choose_best_by(load("case=2,original"), None) == "IS"
@@ -108,6 +105,7 @@ def test_best_checkpoint_by_is_or_by_fid(tmp_path):
         render.choose_best_by(old, "KID")
 
 
+@pytest.mark.slow
 def test_original_run_scores_at_the_offset_steps(tmp_path):
     """A tiny `,original` run end to end (the digits test config with every original
     switch: unbiased synced BN statistics, 'highest' precision, ...): in-training scores

@@ -17,42 +17,57 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
-from compiled_once import compile_once  # noqa: F401 -- an autouse fixture.
+from compiled_once import PROGRAMS
 
-from sagan_jax import checkpointing, gan as gan_lib, train, train_step
+from sagan_jax import checkpointing, gan as gan_lib, preemption, programs, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(REPO, "tests")
 
 
-def standin_train_step(*unused_args, **unused_kwargs):
-    """`train_step.make_train_step`'s stand-in (one step per call)."""
-    def step(state, batch, rng):
-        shift = jnp.mean(batch["image"]) + jax.random.uniform(jax.random.fold_in(rng, state.step))
-        state = jax.tree.map(
-            lambda x: x + shift if jnp.issubdtype(x.dtype, jnp.floating) else x, state)
-        return state.replace(step=state.step + 1), dict(d_loss=shift, g_loss=shift,
-                                                        g_updated=jnp.float32(1))
-    return jax.jit(step)
+def standin_step(state, batches, rng, count):
+    """The stand-in for the train step (one step per call: `train.steps_per_dispatch` 1)."""
+    del count
+    batch = jax.tree.map(lambda x: x[0], batches)
+    shift = jnp.mean(batch["image"]) + jax.random.uniform(jax.random.fold_in(rng, state.step))
+    state = jax.tree.map(
+        lambda x: x + shift if jnp.issubdtype(x.dtype, jnp.floating) else x, state)
+    metrics = dict(d_loss=shift, g_loss=shift, g_updated=jnp.float32(1))
+    return state.replace(step=state.step + 1), jax.tree.map(lambda m: m[None], metrics)
+
+
+class Standin(programs.Programs):
+    """The real initial state (from `states`) and the stand-in step."""
+
+    def __init__(self, states=programs.Programs()):
+        self.states = states
+
+    def train_state(self, gan, config, key):
+        return self.states.train_state(gan, config, key)
+
+    def train_step(self, *unused_args, **unused_kwargs):
+        return jax.jit(standin_step)
 
 
 # `python -m sagan_jax.main` with the stand-in step, printing STEP as each step starts.
 CHILD = textwrap.dedent("""
-    import sys
+    import functools, sys
     sys.path[:0] = [{repo!r}, {tests!r}]
     from absl import app
-    from sagan_jax import main, train_step
-    from test_preemption import standin_train_step
+    from sagan_jax import main, train
+    from test_preemption import Standin
 
-    def announced(*args, **kwargs):
-        step = standin_train_step(*args, **kwargs)
-        def run(*step_args):
-            print("STEP", flush=True)
-            return step(*step_args)
-        return run
+    class Announced(Standin):
+        def train_step(self, *args, **kwargs):
+            step = super().train_step(*args, **kwargs)
+            def run(*step_args):
+                print("STEP", flush=True)
+                return step(*step_args)
+            return run
 
-    train_step.make_train_step = announced
+    train.train_and_evaluate = functools.partial(train.train_and_evaluate, programs=Announced())
     sys.argv = ["sagan_jax.main"] + sys.argv[1:]
     app.run(main.main, flags_parser=main.parse_flags)
 """)
@@ -73,7 +88,8 @@ def leaves(state):
     return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state))]
 
 
-def test_sigterm_saves_the_step_reached_and_the_rerun_continues(tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_sigterm_saves_the_step_reached_and_the_rerun_continues(tmp_path):
     workdir = str(tmp_path / "run")
     script = tmp_path / "child.py"
     script.write_text(CHILD.format(repo=REPO, tests=TESTS))
@@ -101,32 +117,38 @@ def test_sigterm_saves_the_step_reached_and_the_rerun_continues(tmp_path, monkey
     (reached,) = ckpts.all_steps()  # Only the preemption's, complete.
     assert reached >= 3 and f"step {reached} in {workdir}/checkpoints" in last
     config = digits_config(reached + 3)
-    like = train_step.create_train_state(gan_lib.build(config, 10, 1), config, jax.random.key(0))
+    like = PROGRAMS.train_state(gan_lib.build(config, 10, 1), config, jax.random.key(0))
     saved = ckpts.restore(reached, like)
     ckpts.close()
 
-    monkeypatch.setattr(train_step, "make_train_step", standin_train_step)
-    unbroken = train.train_and_evaluate(digits_config(reached), str(tmp_path / "unbroken"))
+    standin = Standin(PROGRAMS)
+    unbroken = train.train_and_evaluate(digits_config(reached), str(tmp_path / "unbroken"),
+                                        programs=standin)
     for x, y in zip(leaves(saved), leaves(unbroken)):
         np.testing.assert_array_equal(x, y)  # The state of exactly `reached` steps.
-    resumed = train.train_and_evaluate(config, workdir)
-    unbroken = train.train_and_evaluate(config, str(tmp_path / "unbroken"))
+    resumed = train.train_and_evaluate(config, workdir, programs=standin)
+    unbroken = train.train_and_evaluate(config, str(tmp_path / "unbroken"), programs=standin)
     assert int(resumed.step) == reached + 3
     for x, y in zip(leaves(resumed), leaves(unbroken)):
         np.testing.assert_array_equal(x, y)
 
 
-def test_sigterm_is_caught_once_and_only_while_a_run_writes_checkpoints(tmp_path):
+def test_sigterm_is_caught_once_and_only_while_the_loop_watches(tmp_path):
     before = signal.getsignal(signal.SIGTERM)
-    reader = checkpointing.Checkpoints(str(tmp_path), 2)
-    reader.close()
+    handler = ocp.type_handlers.get_type_handler(jax.Array)
+    # Checkpoints, read or written, leave the process's settings alone.
+    checkpointing.Checkpoints(str(tmp_path), 2).close()
     checkpointing.Checkpoints(str(tmp_path), 2, read_only=True).close()
     assert signal.getsignal(signal.SIGTERM) == before
-    ckpts = checkpointing.Checkpoints(str(tmp_path), 2)
-    assert signal.getsignal(signal.SIGTERM) == ckpts._on_sigterm  # pylint: disable=protected-access
-    assert not ckpts.reached_preemption(1)
-    os.kill(os.getpid(), signal.SIGTERM)
-    assert ckpts.reached_preemption(2)
-    assert signal.getsignal(signal.SIGTERM) == before  # A second one ends the process.
-    ckpts.close()
+    assert ocp.type_handlers.get_type_handler(jax.Array) is handler
+    with preemption.Watcher() as sigterm:
+        caught = sigterm._on_sigterm  # pylint: disable=protected-access
+        assert signal.getsignal(signal.SIGTERM) == caught
+        assert not sigterm.reached(0)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert sigterm.reached(1) and sigterm.reached(2)
+        assert signal.getsignal(signal.SIGTERM) == before  # A second one ends the process.
+    assert signal.getsignal(signal.SIGTERM) == before
+    with preemption.Watcher() as sigterm:  # A new run starts unsignalled.
+        assert not sigterm.reached(0)
     assert signal.getsignal(signal.SIGTERM) == before

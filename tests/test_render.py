@@ -1,16 +1,15 @@
 """`python -m sagan_jax.render`: the three PNGs of a checkpoint, and `--step=best`."""
-import csv
 import importlib
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from compiled_once import compile_once  # noqa: F401 -- an autouse fixture.
+from compiled_once import PROGRAMS
 from PIL import Image
 
-from sagan_jax import checkpointing, gan as gan_lib, parallel, render, train, train_step
+from sagan_jax import checkpointing, gan as gan_lib, parallel, render, train
+from sagan_jax import workdir as workdir_lib
 
 
 @pytest.fixture(scope="module")
@@ -18,28 +17,21 @@ def run(tmp_path_factory):
     """A 3-step digits run with checkpoints 2 and 3."""
     config = importlib.import_module("configs.digits").get_config("test")
     workdir = str(tmp_path_factory.mktemp("run"))
-    train.train_and_evaluate(config, workdir)
+    train.train_and_evaluate(config, workdir, programs=PROGRAMS)
     return workdir, config
-
-
-def write_scores(workdir, rows):
-    os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
-    with open(os.path.join(workdir, "eval", "scores.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def test_best_step_is_the_lowest_fid_of_the_most_samples(tmp_path):
     row = lambda step, gen, n, fid, is_: dict(step=step, generator=gen, num_samples=n,
                                               FID=fid, IS=is_)
-    write_scores(str(tmp_path), [
+    workdir_lib.write_scores_csv(tmp_path, [
         row(2, "ema", 50000, 30.0, 7.0), row(4, "ema", 50000, 20.0, 6.0),
         row(6, "ema", 50000, 25.0, 8.0), row(6, "ema", 1000, 5.0, 9.0),  # fewer samples
         row(8, "raw", 50000, 1.0, 1.0)])
     assert render.best_step(str(tmp_path), "ema") == (4, "FID", 20.0)
     assert render.best_step(str(tmp_path), "raw") == (8, "FID", 1.0)
-    write_scores(str(tmp_path), [row(2, "ema", 100, "", 7.5), row(4, "ema", 100, "", 7.0)])
+    workdir_lib.write_scores_csv(tmp_path, [row(2, "ema", 100, "", 7.5),
+                                            row(4, "ema", 100, "", 7.0)])
     assert render.best_step(str(tmp_path), "ema") == (2, "IS", 7.5)
     with pytest.raises(FileNotFoundError, match="sagan_jax.score --generators=raw"):
         render.best_step(str(tmp_path), "raw")
@@ -48,7 +40,7 @@ def test_best_step_is_the_lowest_fid_of_the_most_samples(tmp_path):
 def test_renders_have_the_documented_layout(run, tmp_path):
     workdir, config = run
     paths = render.render(workdir, step="last", generator="ema", points=5, rows=3,
-                          classes=4, out=str(tmp_path / "out"))
+                          classes=4, out=str(tmp_path / "out"), programs=PROGRAMS)
     assert sorted(paths) == ["class_interpolation", "latent_interpolation", "samples"]
     res, scale = 16, 4  # 16 px digits, shown 4x
     size = lambda cols, rows: ((cols * (res + 1) + 1) * scale, (rows * (res + 1) + 1) * scale)
@@ -63,7 +55,7 @@ def test_renders_have_the_documented_layout(run, tmp_path):
 
     # Independently: the class interpolation's ends are G at the one-hot classes.
     gan = gan_lib.build(config, 10, 1)
-    like = train_step.create_train_state(gan, config, jax.random.key(0))
+    like = PROGRAMS.train_state(gan, config, jax.random.key(0))
     ckpts = checkpointing.Checkpoints(workdir, 2, read_only=True)
     state = ckpts.restore(3, jax.device_put(like, parallel.replicated_sharding(
         parallel.create_mesh(jax.devices()[:1]))))

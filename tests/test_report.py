@@ -4,14 +4,13 @@ Three runs, each with another source of scores: scores.csv (which must win over 
 training log's scores), clu's tensor summaries, and classic TensorBoard scalars of the raw
 G only (the fallback generator).
 """
-import csv
-import json
 import math
 import os
 import subprocess
 import sys
 import time
 
+import ml_collections
 import numpy as np
 import pytest
 from clu import metric_writers
@@ -19,7 +18,8 @@ from PIL import Image
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-from sagan_jax import report
+from sagan_jax import report, startup
+from sagan_jax import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Matplotlib's first three cycle colours: runs 0, 1, 2 of the report.
@@ -39,7 +39,7 @@ def config(attention, limit, path, extra=None):
 def write_workdir(root, name, cfg):
     workdir = root / name
     (workdir / "eval").mkdir(parents=True)
-    (workdir / "config.json").write_text(json.dumps(cfg, indent=2))
+    workdir_lib.write_config(workdir, ml_collections.ConfigDict(cfg), run={})
     return workdir
 
 
@@ -72,17 +72,15 @@ def workdirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     # case_a: scores.csv; its training log's scores differ and must be ignored.
     a = write_workdir(root, "case_a", config([8], math.inf, "/data/a"))
+    # A column the report does not know ("extra"), which it must ignore.
     rows = [dict(step=s, generator=g, num_samples=n, feature_net="inception", protocol="tf",
-                 IS=i, IS_std=0.1, FID=f, KID=0.01)
+                 IS=i, IS_std=0.1, FID=f, KID=0.01, extra="")
             for s, g, n, i, f in [
                 (1000, "ema", 10000, 5.125, 40.0), (2000, "ema", 10000, 6.5, 30.25),
                 (3000, "ema", 10000, 6.25, 25.5),
                 (3000, "ema", 2000, 9.0, 1.0),  # Fewer samples: not comparable, left out.
                 (1000, "raw", 10000, 7.0, 2.0), (3000, "raw", 10000, 8.0, 3.0)]]
-    with open(a / "eval" / "scores.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) + ["extra"])
-        writer.writeheader()
-        writer.writerows(rows)
+    workdir_lib.write_scores_csv(a, rows)
     train_a = losses(1.0, 0.5)
     train_a[2000].update({"eval/ema/IS": 99.0, "eval/ema/FID": 99.0})
     write_clu(a, train_a)
@@ -176,6 +174,7 @@ def test_flatten_and_place_settings():
     assert report.differing_settings(runs) == ["model.width"]
 
 
+@pytest.mark.slow
 def test_cli_writes_the_report_and_names_a_bad_workdir(workdirs, tmp_path):
     out = tmp_path / "cli.md"
     done = subprocess.run([sys.executable, "-m", "sagan_jax.report", "--workdirs", *workdirs,
@@ -188,5 +187,19 @@ def test_cli_writes_the_report_and_names_a_bad_workdir(workdirs, tmp_path):
                           cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1] == (
-        f"error: {tmp_path} has no config.json; pass the --workdir of training runs "
-        "(sagan_jax.main writes it at the start).")
+        f"error: {tmp_path}/config.json not found; give the --workdir of a training run.")
+
+
+@pytest.mark.parametrize("error,line", [
+    (ValueError("bad value;\n  choose   another."), "bad value; choose another."),
+    (KeyError("'x' is no field"), "'x' is no field"),  # Only KeyError's own quotes go.
+    (FileNotFoundError(2, "No such file or directory", "/r/x"),
+     "[Errno 2] No such file or directory: '/r/x'"),
+    (ValueError("flag --config: Error:\\n\\nTraceback (most recent call last):\\n  File x\\n"
+                "ValueError: no row 9."), "ValueError: no row 9."),  # A wrapped traceback.
+])
+def test_every_cli_error_is_one_line(error, line):
+    assert startup.one_line(error) == line
+    with pytest.raises(SystemExit) as e:
+        startup.exit_with_error(error)
+    assert e.value.code == f"error: {line}"

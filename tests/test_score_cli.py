@@ -13,9 +13,9 @@ import sys
 
 import jax
 import pytest
-from compiled_once import compile_once  # noqa: F401 -- an autouse fixture.
+from compiled_once import PROGRAMS
 
-from sagan_jax import checkpointing, data, gan as gan_lib, parallel, score, train, train_step
+from sagan_jax import checkpointing, data, gan as gan_lib, parallel, score, train
 from sagan_jax import workdir as workdir_lib
 from sagan_jax.evaluation.evaluator import Evaluator
 
@@ -29,7 +29,7 @@ def run(tmp_path_factory):
     config = importlib.import_module("configs.digits").get_config("test")
     config.eval.stats_dir = str(tmp_path_factory.mktemp("stats"))
     workdir = str(tmp_path_factory.mktemp("run"))
-    train.train_and_evaluate(config, workdir)
+    train.train_and_evaluate(config, workdir, programs=PROGRAMS)
     return workdir, config
 
 
@@ -38,31 +38,36 @@ def direct_scores(workdir, config, step, weights):
     mesh = parallel.create_mesh()
     ds = data.create_dataset(config.data, 4, config.train.seed, mesh)
     gan = gan_lib.build(config, 10, 1)
-    like = jax.device_put(train_step.create_train_state(gan, config, jax.random.key(1)),
+    like = jax.device_put(PROGRAMS.train_state(gan, config, jax.random.key(1)),
                           parallel.replicated_sharding(mesh))
     ckpts = checkpointing.Checkpoints(workdir, 3, read_only=True)
     state = ckpts.restore(step, like)
     ckpts.close()
     params, model_state = (state.ema_params, state.ema_state) if weights == "ema" else (
         state.g_params, state.g_state)
-    gen = train_step.make_generate_fn(gan, mesh)
+    gen = PROGRAMS.generate_fn(gan, mesh)
     ev = Evaluator.create(config.eval, config.data, mesh,
                           real_batches=lambda: ds.eval_iterator(config.eval.batch_size))
-    return ev.evaluate(lambda k, y: gen(params, model_state, k, y), 10, NUM_SAMPLES,
-                       jax.random.key(0))
+    scores, diversity = ev.evaluate(lambda k, y: gen(params, model_state, k, y), 10,
+                                    NUM_SAMPLES, jax.random.key(0),
+                                    config.monitor.collapse_threshold)
+    return {**scores, **diversity.to_scalars()}
 
 
 @pytest.mark.smoke
 def test_scores_every_checkpoint_with_both_generators(run):
     workdir, config = run
-    rows = score.evaluate_workdir(workdir, num_samples=NUM_SAMPLES)
+    rows = score.evaluate_workdir(workdir, num_samples=NUM_SAMPLES, programs=PROGRAMS)
     assert [(r["step"], r["generator"]) for r in rows] == [
         (2, "ema"), (2, "raw"), (3, "ema"), (3, "raw")]
     by = {(r["step"], r["generator"]): r for r in rows}
     for weights in ("ema", "raw"):
         expected = direct_scores(workdir, config, 3, weights)
-        for name in ("IS", "IS_std", "FID", "KID"):
+        for name in ("IS", "IS_std", "FID", "KID", "diversity_ratio_min"):
             assert by[3, weights][name] == pytest.approx(expected[name], rel=1e-6, abs=1e-9)
+        assert list(by[3, weights]["diversity_ratio"]) == [str(c) for c in range(10)]
+        for c, ratio in by[3, weights]["diversity_ratio"].items():
+            assert ratio == pytest.approx(expected[f"diversity_ratio/{c}"], rel=1e-6, abs=1e-9)
     assert by[3, "ema"]["FID"] != by[3, "raw"]["FID"]
     assert {r["protocol"] for r in rows} == {
         "64 samples, IS over 10 splits, FID/KID vs 1797 real images"}
@@ -78,7 +83,7 @@ def test_scores_every_checkpoint_with_both_generators(run):
 
     # One step only: the same numbers (same key), and the CSV keeps every step once.
     again = score.evaluate_workdir(workdir, step=3, num_samples=NUM_SAMPLES,
-                                      generators=("raw",))
+                                      generators=("raw",), programs=PROGRAMS)
     assert again == [by[3, "raw"]]
     with open(os.path.join(out, "scores.csv")) as f:
         assert len(list(csv.DictReader(f))) == 3  # step 3 now holds only the raw row
@@ -109,7 +114,7 @@ def test_missing_inception_weights_are_one_line(run, tmp_path):
     del config.run
     workdir_lib.write_config(copy, config, run)
     with pytest.raises(FileNotFoundError) as e:
-        score.evaluate_workdir(copy, num_samples=NUM_SAMPLES)
+        score.evaluate_workdir(copy, num_samples=NUM_SAMPLES, programs=PROGRAMS)
     assert "\n" not in str(e.value)
 
 
@@ -124,9 +129,10 @@ def test_scores_use_the_papers_protocol_whatever_the_run_used(run, tmp_path):
     run_facts = config.run.to_dict()
     del config.run
     workdir_lib.write_config(copy, config, run_facts)
-    (row,) = score.evaluate_workdir(copy, step=3, num_samples=NUM_SAMPLES, generators=("ema",))
+    (row,) = score.evaluate_workdir(copy, step=3, num_samples=NUM_SAMPLES, generators=("ema",),
+                                    programs=PROGRAMS)
     assert row["splits"] == 10 and "IS over 10 splits" in row["protocol"]
     (one,) = score.evaluate_workdir(copy, step=3, num_samples=NUM_SAMPLES, splits=1,
-                                    generators=("ema",))
+                                    generators=("ema",), programs=PROGRAMS)
     assert one["splits"] == 1 and "IS over 1 splits" in one["protocol"]
     assert one["FID"] == row["FID"] and one["IS"] != row["IS"]

@@ -32,6 +32,7 @@ def main(workdir, cache, **env):
     return result.stderr.splitlines()
 
 
+@pytest.mark.slow
 def test_a_quiet_start_and_a_second_start_that_compiles_nothing(tmp_path):
     cache = tmp_path / "cache"
     lines = main(tmp_path / "first", cache)

@@ -1,6 +1,6 @@
 """The driver end to end: every config's `test` variant, resume, SIGKILL while saving,
 the NaN guard and the bad inputs a user can give, through `train.train_and_evaluate`.
-(`compile_once`: one compilation per architecture for all these runs.)
+(`compiled_once.PROGRAMS`: one compilation per architecture for all these runs.)
 """
 import glob
 import importlib
@@ -13,14 +13,13 @@ import textwrap
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from compiled_once import compile_once  # noqa: F401 -- an autouse fixture.
+from compiled_once import PROGRAMS, programs_built
 from PIL import Image
 
-from sagan_jax import checkpointing, data, gan as gan_lib, train, train_step
+from sagan_jax import checkpointing, data, gan as gan_lib, train
 from sagan_jax import workdir as workdir_lib
 from sagan_jax.data import tfds_datasets
 
@@ -52,6 +51,11 @@ def png_tree(root, classes, per_class, size=20):
     return root
 
 
+def run_driver(config, workdir):
+    """`train.train_and_evaluate` with the module's shared compilations."""
+    return train.train_and_evaluate(config, workdir, programs=PROGRAMS)
+
+
 def event_tags(workdir):
     from tensorboard.backend.event_processing import event_accumulator
 
@@ -62,8 +66,9 @@ def event_tags(workdir):
 
 # AnimeFace's test tree has Flowers' 102 classes, so both 96 px runs share one compilation.
 @pytest.mark.parametrize("name,classes", [
-    pytest.param("digits", 10, marks=pytest.mark.smoke), ("cifar10", 10), ("stl10", 10),
-    ("flowers", 102), ("animeface", 102)])
+    pytest.param("digits", 10, marks=pytest.mark.smoke),
+    *(pytest.param(name, classes, marks=pytest.mark.slow) for name, classes in (
+        ("cifar10", 10), ("stl10", 10), ("flowers", 102), ("animeface", 102)))])
 def test_config_test_variant_trains_end_to_end(name, classes, tmp_path, monkeypatch):
     # TFDS's mock data stands in for the download; this machine may be offline.
     monkeypatch.setattr(tfds_datasets, "unreachable", lambda server: None)
@@ -78,7 +83,7 @@ def test_config_test_variant_trains_end_to_end(name, classes, tmp_path, monkeypa
         config.data.path = png_tree(str(tmp_path / "anime"), classes=102, per_class=1)
     workdir = str(tmp_path / "run")
     with tfds.testing.mock_data(num_examples=16):
-        state = train.train_and_evaluate(config, workdir)
+        state = run_driver(config, workdir)
 
     assert int(state.step) == config.train.num_steps == 3
     assert all(np.isfinite(x).all() for x in leaves(state) if x.dtype.kind == "f")
@@ -120,21 +125,25 @@ def digits_config(num_steps, every=2):
 def reference_run(tmp_path_factory):
     """An uninterrupted 4-step digits run (checkpoints 2 and 4) and its final state."""
     workdir = str(tmp_path_factory.mktemp("reference"))
-    state = train.train_and_evaluate(digits_config(4), workdir)
+    state = run_driver(digits_config(4), workdir)
     return workdir, jax.device_get(state)
 
 
 @pytest.mark.smoke
 def test_resume_reaches_the_same_state_bit_for_bit(reference_run, tmp_path):
+    """Also: these runs of the reference run's architecture build and compile none of
+    its programs again (a driver that bypassed the injected programs would)."""
     _, expected = reference_run
     workdir = str(tmp_path)
-    half = train.train_and_evaluate(digits_config(2), workdir)
-    assert int(half.step) == 2
-    resumed = train.train_and_evaluate(digits_config(4), workdir)
+    with programs_built(0):
+        half = run_driver(digits_config(2), workdir)
+        assert int(half.step) == 2
+        resumed = run_driver(digits_config(4), workdir)
     assert_same_state(resumed, expected)
     assert checkpointing.Checkpoints(workdir, 3, read_only=True).all_steps() == [2, 4]
 
 
+@pytest.mark.slow
 def test_several_steps_per_dispatch_resume_bit_for_bit(tmp_path):
     """Up to 3 steps per call (a device-side loop), calls ending at the checkpoints: an
     unbroken 4-step run, and one stopped at 2 and resumed, end bit-identical, with the
@@ -146,9 +155,9 @@ def test_several_steps_per_dispatch_resume_bit_for_bit(tmp_path):
         c.log.every_steps = c.log.sample_every_steps = 6
         return c
 
-    unbroken = train.train_and_evaluate(config(4), str(tmp_path / "a"))
-    train.train_and_evaluate(config(2), str(tmp_path / "b"))
-    resumed = train.train_and_evaluate(config(4), str(tmp_path / "b"))
+    unbroken = run_driver(config(4), str(tmp_path / "a"))
+    run_driver(config(2), str(tmp_path / "b"))
+    resumed = run_driver(config(4), str(tmp_path / "b"))
     assert_same_state(resumed, unbroken)
     assert checkpointing.Checkpoints(str(tmp_path / "b"), 3, read_only=True).all_steps() == [2, 4]
 
@@ -163,7 +172,7 @@ CHILD = textwrap.dedent("""
     import os, sys, time
     sys.path.insert(0, {repo!r})
     import jax, jax.numpy as jnp
-    from sagan_jax import train, train_step
+    from sagan_jax import programs, train
     from configs import digits
 
     rename = os.rename
@@ -174,22 +183,24 @@ CHILD = textwrap.dedent("""
             time.sleep(600)
         return rename(src, dst, *args, **kwargs)
 
-    def plus_one_step(*unused_args, **unused_kwargs):
-        def step(state, batch, rng):
-            state = jax.tree.map(
-                lambda x: x + 1 if jnp.issubdtype(x.dtype, jnp.floating) else x, state)
-            return state.replace(step=state.step + 1), dict(d_loss=0.0, g_loss=0.0, g_updated=1.0)
-        return jax.jit(step)
+    class PlusOne(programs.Programs):
+        def train_step(self, *unused_args, **unused_kwargs):
+            def step(state, batches, rng, count):
+                state = jax.tree.map(
+                    lambda x: x + 1 if jnp.issubdtype(x.dtype, jnp.floating) else x, state)
+                metrics = dict(d_loss=jnp.zeros(1), g_loss=jnp.zeros(1), g_updated=jnp.ones(1))
+                return state.replace(step=state.step + 1), metrics
+            return jax.jit(step)
 
     os.rename = blocking_rename
-    train_step.make_train_step = plus_one_step
     config = digits.get_config("test")
     config.train.num_steps, config.checkpoint.every_steps = 6, 2
     config.checkpoint.keep, config.log.sample_every_steps = 3, 100
-    train.train_and_evaluate(config, sys.argv[1])
+    train.train_and_evaluate(config, sys.argv[1], programs=PlusOne())
 """)
 
 
+@pytest.mark.slow
 def test_sigkill_while_saving_resumes_from_the_last_complete_checkpoint(tmp_path, caplog):
     workdir = str(tmp_path / "run")
     script = tmp_path / "child.py"
@@ -213,7 +224,7 @@ def test_sigkill_while_saving_resumes_from_the_last_complete_checkpoint(tmp_path
 
     config = digits_config(4)
     init_key = jax.random.split(jax.random.key(config.train.seed), 4)[0]
-    initial = train_step.create_train_state(gan_lib.build(config, 10, 1), config, init_key)
+    initial = PROGRAMS.train_state(gan_lib.build(config, 10, 1), config, init_key)
     ckpts = checkpointing.Checkpoints(workdir, 3, read_only=True)
     restored, step = ckpts.restore_latest(initial, config)
     ckpts.close()
@@ -222,7 +233,7 @@ def test_sigkill_while_saving_resumes_from_the_last_complete_checkpoint(tmp_path
         if before.dtype.kind == "f":  # Two stand-in steps: every float + 1, twice.
             np.testing.assert_array_equal(after, before + 1 + 1)
 
-    resumed = train.train_and_evaluate(config, workdir)  # Real steps 3 and 4.
+    resumed = run_driver(config, workdir)  # Real steps 3 and 4.
     assert int(resumed.step) == 4
     assert "half-written checkpoints (4.orbax-checkpoint-tmp)" in caplog.text
     assert sorted(os.listdir(ckpt_dir)) == ["2", "4"]
@@ -236,7 +247,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_one_before(reference_run, t
                           recursive=True):
         with open(path, "r+b") as f:  # As a crash or a full disk leaves them: truncated.
             f.truncate(3)
-    resumed = train.train_and_evaluate(digits_config(4), workdir)
+    resumed = run_driver(digits_config(4), workdir)
     assert_same_state(resumed, expected)
     assert "checkpoint step 4 is unreadable" in caplog.text
     assert len(os.listdir(os.path.join(workdir, checkpointing.CORRUPT_DIR))) == 1
@@ -250,7 +261,7 @@ def test_checkpoints_of_another_architecture_are_refused_and_kept(reference_run,
     config = digits_config(6)
     config.model.width *= 2
     with pytest.raises(ValueError, match="different architecture") as e:
-        train.train_and_evaluate(config, workdir)
+        run_driver(config, workdir)
     assert "\n" not in str(e.value) and "model.width" in str(e.value)
     assert files_and_times(workdir) == before
 
@@ -266,13 +277,13 @@ def _poison_batch(monkeypatch, bad_step):
 
     def create_dataset(*args, **kwargs):
         ds = create(*args, **kwargs)
-        iterator = ds.iterator
+        host_batch = ds.host_batch
 
-        def poisoned(start_step=0, chunks=None, size=1):
-            for i, batch in enumerate(iterator(start_step, chunks, size), start_step):
-                yield {**batch, "image": batch["image"] * jnp.nan} if i == bad_step else batch
+        def poisoned(step):
+            batch = host_batch(step)
+            return {**batch, "image": batch["image"] * np.nan} if step == bad_step else batch
 
-        ds.iterator = poisoned
+        ds.host_batch = poisoned
         return ds
 
     monkeypatch.setattr(data, "create_dataset", create_dataset)
@@ -282,14 +293,14 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(monkeypatch, 
     _poison_batch(monkeypatch, bad_step=4)  # Iteration 5 sees NaN images.
     workdir = str(tmp_path)
     with pytest.raises(FloatingPointError) as e:
-        train.train_and_evaluate(digits_config(8), workdir)
+        run_driver(digits_config(8), workdir)
     message = str(e.value)
     assert "\n" not in message
     assert "non-finite loss at step 5" in message and "last good checkpoint is step 4" in message
     ckpts = checkpointing.Checkpoints(workdir, 3, read_only=True)
     assert ckpts.all_steps() == [2, 4]
     config = digits_config(8)
-    like = train_step.create_train_state(gan_lib.build(config, 10, 1), config, jax.random.key(0))
+    like = PROGRAMS.train_state(gan_lib.build(config, 10, 1), config, jax.random.key(0))
     restored = ckpts.restore(4, like)
     assert int(restored.step) == 4
     assert all(np.isfinite(x).all() for x in leaves(restored) if x.dtype.kind == "f")
@@ -299,7 +310,7 @@ def test_batch_not_divisible_by_the_devices(tmp_path):
     config = digits_config(2)
     config.train.batch_size = 6  # The test session has 4 devices.
     with pytest.raises(ValueError, match="not divisible by the 4 devices") as e:
-        train.train_and_evaluate(config, str(tmp_path))
+        run_driver(config, str(tmp_path))
     assert "\n" not in str(e.value)
 
 
@@ -307,7 +318,7 @@ def test_unwritable_workdir(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(PermissionError, match="cannot write to workdir") as e:
-        train.train_and_evaluate(digits_config(2), str(blocker / "run"))
+        run_driver(digits_config(2), str(blocker / "run"))
     assert "\n" not in str(e.value)
 
 
@@ -324,6 +335,21 @@ def test_cli_reports_a_bad_config_in_one_line(args, expected, tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith(expected)
     assert "Traceback" not in result.stderr
 
+
+
+def test_cli_run_outside_the_repository_says_where_to_run(tmp_path):
+    config = os.path.join(REPO, "configs", "digits.py") + ":test"
+    # sagan_jax is installed; the repository itself is not on the path.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, "-m", "sagan_jax.main", f"--config={config}",
+         f"--workdir={tmp_path / 'run'}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: the config file imports the `configs` package, which is not on the path: run "
+        "from the repository's root (the folder that holds configs/), or add that folder to "
+        "PYTHONPATH."]
 
 def test_logged_g_metrics_average_over_g_steps_only():
     history = [

@@ -15,7 +15,7 @@ import optax
 import pytest
 
 from configs import common
-from sagan_jax import gan as gan_lib, parallel, train_step, visualize
+from sagan_jax import gan as gan_lib, parallel, sampling, train_step, visualize
 
 NUM_CLASSES, CHANNELS, BATCH = 10, 3, 8
 MODE_SEEKING = 0.5
@@ -66,19 +66,25 @@ def init_state():
     return jax.device_get(train_step.create_train_state(_gan(), _config(), jax.random.key(0)))
 
 
+def _stacked(batch, mesh, k=1):
+    """`batch` as the step's input: K copies stacked, sharded on the batch axis."""
+    return jax.device_put(jax.tree.map(lambda x: np.stack([np.asarray(x)] * k), batch),
+                          parallel.stacked_batch_sharding(mesh))
+
+
 def _run(cfg, state, mesh, steps, skip_with_cond=None):
     """`steps` iterations; returns the host copies of every state and the metrics."""
     device_state = jax.device_put(state, parallel.replicated_sharding(mesh))
-    batch = jax.device_put(_batch(), parallel.batch_sharding(mesh))
+    batch = _stacked(_batch(), mesh)
     # One executable serves every iteration: the update rule cannot ask for a recompile.
     step = train_step.make_train_step(_gan(cfg), cfg, mesh, steps_per_epoch=STEPS_PER_EPOCH,
                                       skip_with_cond=skip_with_cond)
-    fn = _compile(step, device_state, batch, RNG)
+    fn = _compile(step, device_state, batch, RNG, 1)
     states, metrics = [state], []
     for _ in range(steps):
-        device_state, m = fn(device_state, batch, RNG)
+        device_state, m = fn(device_state, batch, RNG, np.int32(1))
         states.append(jax.device_get(device_state))
-        metrics.append(jax.device_get(m))
+        metrics.append(jax.tree.map(lambda v: v[0], jax.device_get(m)))  # K = 1: one entry.
     return states, metrics, device_state
 
 
@@ -359,7 +365,7 @@ def test_generate_is_eval_mode_g_with_per_example_noise(run_1dev):
     variables = {"params": state.ema_params, **state.ema_state}
     g = gan.generator
     expected = _compile(jax.jit(g.apply), variables, z, labels)(variables, z, labels)
-    generate = train_step.make_generate_fn(gan, parallel.create_mesh())
+    generate = sampling.make_generate_fn(gan, parallel.create_mesh())
     images = generate(state.ema_params, state.ema_state, key, labels)
     assert images.shape == (BATCH, 16, 16, CHANNELS) and images.dtype == jnp.float32
     np.testing.assert_allclose(images, expected, atol=1e-5)
@@ -373,7 +379,7 @@ def test_grids_and_scores_draw_the_same_z_for_the_same_key(run_1dev):
     (sharded over 4 devices) makes for the same key and labels."""
     gan, state, key = _gan(), run_1dev[0][-1], jax.random.key(5)
     labels = visualize.grid_labels(NUM_CLASSES, 2, 4)
-    scored = train_step.make_generate_fn(gan, parallel.create_mesh())(
+    scored = sampling.make_generate_fn(gan, parallel.create_mesh())(
         state.ema_params, state.ema_state, key, labels)
     variables = {"params": state.ema_params, **state.ema_state}
     grid = visualize.class_grid(jax.jit(lambda z, y: gan.generator.apply(variables, z, y)),
@@ -390,17 +396,16 @@ def test_several_steps_per_call_are_bit_identical_to_single_steps(init_state, ru
     plain step (XLA compiles the body of the loop with other fusions)."""
     cfg = run_dis[3]
     mesh = parallel.create_mesh()
-    stacked = jax.device_put(jax.tree.map(lambda x: np.stack([np.asarray(x)] * 4), _batch()),
-                             parallel.stacked_batch_sharding(mesh))
+    stacked = _stacked(_batch(), mesh, 4)
     four = train_step.make_train_step(_gan(cfg), cfg, mesh, steps_per_epoch=STEPS_PER_EPOCH,
                                       steps_per_call=4, skip_with_cond=True)
     place = lambda: jax.device_put(init_state, parallel.replicated_sharding(mesh))
-    fn = _compile(four, place(), stacked, RNG, jnp.int32(4))
-    at_once, metrics = fn(place(), stacked, RNG, jnp.int32(4))
+    at_once, metrics = four(place(), stacked, RNG, 4)
     one_by_one, ones = place(), []
-    for _ in range(4):
-        one_by_one, m = fn(one_by_one, stacked, RNG, jnp.int32(1))
+    for _ in range(4):  # Python ints and int32 arrays: one executable (checked below).
+        one_by_one, m = four(one_by_one, stacked, RNG, 1 if ones else jnp.int32(1))
         ones.append(jax.device_get(m))
+    assert four.compiled._cache_size() == 1  # pylint: disable=protected-access
     for got, want in zip(jax.tree.leaves(jax.device_get(at_once)),
                          jax.tree.leaves(jax.device_get(one_by_one))):
         np.testing.assert_array_equal(got, want)
@@ -422,4 +427,4 @@ def test_mode_seeking_needs_pairs_on_every_device(init_state):
     batch = jax.tree.map(lambda x: x[:4], _batch())
     with pytest.raises(ValueError, match="even multiple of the device count"):
         step.lower(jax.device_put(init_state, parallel.replicated_sharding(mesh)),
-                   jax.device_put(batch, parallel.batch_sharding(mesh)), RNG)
+                   _stacked(batch, mesh), RNG, 1)

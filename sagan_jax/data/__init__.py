@@ -2,7 +2,7 @@
 sharded over the data mesh (`pipeline`).
 
     ds = data.create_dataset(config.data, config.train.batch_size, config.train.seed, mesh)
-    batches = ds.iterator(start_step=0)
+    dispatches = ds.plan_iterator(periods.chunks(start_step, k), k)  # (first, count, batches)
 
 Importing this package registers the built-in sources: `digits`, the TFDS datasets
 (`cifar10`, `stl10`, `oxford_flowers102`) and the class-per-folder trees (`animeface`,

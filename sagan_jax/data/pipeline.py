@@ -5,15 +5,18 @@ epoch `e` visits this process's examples in the order of a permutation drawn fro
 `np.random.default_rng([seed, e])`, the incomplete last batch of an epoch is dropped (as in the
 original, docs/original.md), and the local batch becomes this process's part of a global
 `jax.Array` sharded on the batch axis. Batch `k` is a pure function of `(seed, k)`, so a
-resumed run (`iterator(start_step=k)`) gets the batches of an unbroken one without decoding
-the `k` before, and a background thread prepares the next batches while the device trains.
+resumed run gets the batches of an unbroken one without decoding the `k` before.
+
+The trainer reads them through `plan_iterator`: the run's plan of dispatches
+(`periods.Periods.chunks`), each dispatch's batches stacked, prepared by a background
+thread while the device trains. It needs only a source's `host_batch(step)` and the
+mesh's sharding, so any source that can produce batch `k` on demand plugs in.
 """
 from __future__ import annotations
 
-import itertools
 import queue
 import threading
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import jax
 import ml_collections
@@ -58,7 +61,7 @@ class Dataset:
           global_batch_size: examples per step over all devices.
           seed: shuffling seed.
           mesh: the data mesh the batches are sharded over.
-          prefetch: batches prepared ahead in a background thread (0 = none).
+          prefetch: dispatches prepared ahead in a background thread (0 = none).
           process_count: processes sharing the mesh (each holds as many examples).
 
         Raises:
@@ -67,8 +70,7 @@ class Dataset:
         parallel.check_divisible(global_batch_size, mesh)
         self._images, self._labels = images, labels
         self._seed, self._prefetch = seed, prefetch
-        self._sharding = parallel.batch_sharding(mesh)
-        self._stacked_sharding = parallel.stacked_batch_sharding(mesh)
+        self._sharding = parallel.stacked_batch_sharding(mesh)
         self._cached_permutation = (None, None)
         local_devices = sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
         self.local_batch_size = global_batch_size * local_devices // mesh.devices.size
@@ -95,45 +97,11 @@ class Dataset:
         index = self._permutation(epoch)[start:start + self.local_batch_size]
         return {"image": to_float(self._images[index]), "label": self._labels[index]}
 
-    def global_batch(self, step: int) -> dict[str, jax.Array]:
-        """Global batch `step` as `jax.Array`s sharded on the batch axis over the mesh."""
-        return {k: jax.make_array_from_process_local_data(self._sharding, v)
-                for k, v in self.host_batch(step).items()}
-
-    def global_batches(self, step: int, count: int, size: int) -> dict[str, jax.Array]:
-        """Global batches `step` .. `step + count - 1` stacked on a new leading axis of
-        `size` (the rest zeros), sharded on the batch axis: the input of a step that runs
-        several iterations per call."""
-        batches = [self.host_batch(s) for s in range(step, step + count)]
-        stacked = {k: np.zeros((size, *v.shape), v.dtype) for k, v in batches[0].items()}
-        for i, batch in enumerate(batches):
-            for k, v in batch.items():
-                stacked[k][i] = v
-        return {k: jax.make_array_from_process_local_data(self._stacked_sharding, v)
-                for k, v in stacked.items()}
-
-    def iterator(self, start_step: int = 0, chunks: Iterable[tuple[int, int]] | None = None,
-                 size: int = 1) -> Iterator[dict[str, jax.Array]]:
-        """Global batches `start_step`, `start_step + 1`, ... forever, or in `chunks`.
-
-        Args:
-          start_step: the first batch (a resumed run passes the steps already done).
-          chunks: with `size` > 1, (first step, count) pairs (as
-            `periods.Periods.chunks` plans a run), each giving `global_batches`.
-          size: the leading axis of the stacked batches; 1 = single batches.
-
-        Returns:
-          An iterator of {'image': float32 (B, H, W, C) in [-1, 1], 'label': int32 (B,)}
-          (with a leading (size,) axis when size > 1), sharded on the batch axis;
-          `close()` it to stop its background thread early.
-        """
-        if size == 1:
-            make, items = self.global_batch, itertools.count(start_step)
-        else:
-            make, items = lambda item: self.global_batches(*item, size), iter(chunks)
-        if self._prefetch <= 0:
-            return (make(item) for item in items)
-        return _Prefetcher(make, items, self._prefetch)
+    def plan_iterator(self, chunks: Iterable[tuple[int, int]],
+                      size: int) -> Iterator[tuple[int, int, dict[str, jax.Array]]]:
+        """`plan_iterator` over this dataset's batches (see there), prefetched in the
+        background by `data.prefetch` batches."""
+        return plan_iterator(self.host_batch, self._sharding, chunks, size, self._prefetch)
 
     def eval_iterator(self, batch_size: int) -> Iterator[Batch]:
         """One pass over this process's examples, in order, in numpy; the last may be short."""
@@ -165,11 +133,55 @@ def create_dataset(data_cfg: ml_collections.ConfigDict, global_batch_size: int, 
                    seed, mesh, data_cfg.prefetch, jax.process_count())
 
 
+def plan_iterator(host_batch: Callable[[int], Batch], sharding: jax.sharding.Sharding,
+                  chunks: Iterable[tuple[int, int]], size: int,
+                  prefetch: int = 2) -> Iterator[tuple[int, int, dict[str, jax.Array]]]:
+    """The batches of a plan of dispatches, stacked for the train step.
+
+    Args:
+      host_batch: `host_batch(step)`, this process's part of global batch `step` as
+        numpy arrays.
+      sharding: of the stacked global batches (`parallel.stacked_batch_sharding`).
+      chunks: (first step, count) of each dispatch, as `periods.Periods.chunks` plans a
+        run (a resumed run's plan starts at its checkpoint's step).
+      size: the stacked axis, at least every count (`train.steps_per_dispatch`).
+      prefetch: dispatches prepared ahead in a background thread (0 = none).
+
+    Returns:
+      An iterator of `(first, count, batches)`: global batches `first` ..
+      `first + count - 1` stacked on a leading axis of `size` (zeros after them), each
+      sharded on the batch axis; `close()` it to stop its thread early.
+    """
+    def make(chunk):
+        first, count = chunk
+        batches = [host_batch(step) for step in range(first, first + count)]
+        stacked = {k: np.zeros((size, *v.shape), v.dtype) for k, v in batches[0].items()}
+        for i, batch in enumerate(batches):
+            for k, v in batch.items():
+                stacked[k][i] = v
+        return first, count, {k: jax.make_array_from_process_local_data(sharding, v)
+                              for k, v in stacked.items()}
+
+    if prefetch <= 0:
+        return (make(chunk) for chunk in chunks)
+    return _Prefetcher(make, iter(chunks), prefetch)
+
+
 class _Failure:
-    """An exception raised while preparing a batch, handed to the consumer to re-raise."""
+    """An exception for the consumer to raise: one raised while preparing a batch, or
+    StopIteration after the last one."""
 
     def __init__(self, error: BaseException):
         self.error = error
+
+
+def _put(out: queue.Queue, item, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            out.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            continue
 
 
 def _fill(make_batch, args: Iterator, out: queue.Queue, stop: threading.Event) -> None:
@@ -181,18 +193,15 @@ def _fill(make_batch, args: Iterator, out: queue.Queue, stop: threading.Event) -
             item = make_batch(arg)
         except Exception as error:  # pylint: disable=broad-except
             item = _Failure(error)
-        while not stop.is_set():
-            try:
-                out.put(item, timeout=0.1)
-                break
-            except queue.Full:
-                continue
+        _put(out, item, stop)
         if isinstance(item, _Failure):
             return
+    _put(out, _Failure(StopIteration()), stop)
 
 
 class _Prefetcher:
-    """Iterates `make_batch(arg)` for each of `args`, `depth` batches ahead."""
+    """Iterates `make_batch(arg)` for each of `args`, `depth` batches ahead, and ends
+    with them."""
 
     def __init__(self, make_batch, args: Iterator, depth: int):
         self._queue: queue.Queue = queue.Queue(maxsize=depth)

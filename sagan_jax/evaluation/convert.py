@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import sys
 
 import numpy as np
 from absl import app, flags, logging
 from etils import epath
 from flax import traverse_util
 
+from sagan_jax import startup
 from sagan_jax.evaluation import inception
 
 EXPECTED_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
@@ -143,7 +143,7 @@ def main(argv):
     try:
         dst = convert(_SRC.value, _DST.value)
     except (ValueError, FileNotFoundError, ImportError) as e:
-        sys.exit(f"error: {e}")  # one line, no traceback: the message says what to do
+        startup.exit_with_error(e)  # No traceback: the message says what to do.
     logging.info("wrote %s", dst)
 
 

@@ -3,7 +3,7 @@
 With Inception's weights (or the digits net) the evaluator measures each class's
 diversity in that network's features (`Evaluator.evaluate`). Without them a run still
 gets the check, in the space of D's penultimate features (its sum-pooled activations,
-before the linear head and the projection): the same measure (`monitors.class_diversity`)
+before the linear head and the projection): the same measure (`diversity.class_diversity`)
 of generated and real images of each class, both through the current D. D changes as it
 trains, so the real images' diversity is measured again each time, on a fixed sample of
 at most `PER_CLASS` real images per class.
@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from sagan_jax import monitors, parallel
+from sagan_jax import parallel
+from sagan_jax.evaluation.diversity import ClassDiversity, class_diversity
 from sagan_jax.gan import GAN
 
 # Real and generated images per class: a mean over PER_CLASS * (PER_CLASS - 1) / 2 pairs.
@@ -66,26 +67,25 @@ class DFeatureDiversity:
         labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
         return np.asarray(jax.device_get(self._features(d_variables, images, labels)))[:n]
 
-    def ratios(self, d_variables, generate: Callable, key: jax.Array) -> dict[str, float]:
-        """`diversity_ratio/<class>` and `diversity_ratio_min`, as `Evaluator.evaluate` gives.
+    def check(self, d_variables, generate: Callable, key: jax.Array,
+              collapse_threshold: float) -> ClassDiversity:
+        """The class-wise collapse check, as `Evaluator.evaluate` gives it.
 
         Args:
           d_variables: D's {'params', **state}.
           generate: `generate(key, labels) -> images` (sharded over the mesh, see
-            `train_step.make_generate_fn`); called once with `PER_CLASS` labels per class.
+            `sampling.make_generate_fn`); called once with `PER_CLASS` labels per class.
           key: the key of the generated images.
+          collapse_threshold: classes whose diversity ratio is below it are collapsed
+            (monitor.collapse_threshold).
         """
         n = max(self.gan.num_classes, 1)
         labels = np.repeat(np.arange(n, dtype=np.int32), PER_CLASS)
         labels = np.concatenate([labels, np.zeros(-len(labels) % self.mesh.size, np.int32)])
         fake = np.asarray(jax.device_get(generate(key, jnp.asarray(labels))))[:n * PER_CLASS]
         labels = labels[:n * PER_CLASS]
-        ratios, _ = monitors.collapse_check(
-            monitors.class_diversity(self._run(d_variables, fake, labels), labels, n),
-            monitors.class_diversity(self._run(d_variables, self.real, self.real_labels),
-                                     self.real_labels, n))
-        if not self.gan.num_classes:
-            return {"diversity_ratio/all": float(ratios[0]), "diversity_ratio_min": float(ratios[0])}
-        width = len(str(n - 1))
-        out = {f"diversity_ratio/{c:0{width}d}": float(r) for c, r in enumerate(ratios)}
-        return {**out, "diversity_ratio_min": float(np.nanmin(ratios))}
+        return ClassDiversity.compare(
+            class_diversity(self._run(d_variables, fake, labels), labels, n),
+            class_diversity(self._run(d_variables, self.real, self.real_labels),
+                            self.real_labels, n),
+            collapse_threshold, conditional=bool(self.gan.num_classes))

@@ -2,7 +2,9 @@
 
     ev = Evaluator.create(config.eval, config.data, mesh,
                           real_batches=lambda: ds.eval_iterator(config.eval.batch_size))
-    scores = ev.evaluate(generate, num_classes, num_samples, key)  # {'IS','IS_std','FID','KID'}
+    scores, diversity = ev.evaluate(generate, num_classes, num_samples, key,
+                                    config.monitor.collapse_threshold)
+    # scores: {'IS', 'IS_std', 'FID', 'KID'}; diversity: the class-wise collapse check.
 
 Generation is the caller's (`generate(key, labels)`, normally compiled and sharded);
 the feature network runs as one compiled `shard_map` over the data axis, so every device
@@ -27,8 +29,9 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 
-from sagan_jax import monitors, parallel
+from sagan_jax import parallel
 from sagan_jax.evaluation import digits_net, inception, reference, scores
+from sagan_jax.evaluation.diversity import ClassDiversity
 
 _PRECISIONS = {"highest": jax.lax.Precision.HIGHEST, "default": jax.lax.Precision.DEFAULT}
 
@@ -199,9 +202,9 @@ class Evaluator:
         return self._run((jax.device_put(batch, sharding), n)
                          for batch, n in _rebatch(images, self.batch_size))
 
-    def evaluate(self, generate: Callable, num_classes: int, num_samples: int,
-                 key: jax.Array) -> dict[str, float]:
-        """Generate `num_samples` images and score them.
+    def evaluate(self, generate: Callable, num_classes: int, num_samples: int, key: jax.Array,
+                 collapse_threshold: float) -> tuple[dict[str, float], ClassDiversity]:
+        """Generate `num_samples` images, score them and check them for class-wise collapse.
 
         Args:
           generate: `generate(key, labels) -> images` float32 (B, H, W, C) in [-1, 1],
@@ -210,17 +213,17 @@ class Evaluator:
           num_classes: labels are uniform over [0, num_classes); 0 = unconditional.
           num_samples: images to score (the last batch is trimmed).
           key: PRNG key; the same key gives the same labels and generator keys.
+          collapse_threshold: classes whose diversity ratio is below it are collapsed
+            (monitor.collapse_threshold).
 
         Returns:
-          {'IS', 'IS_std', 'FID', 'KID'} and the class-wise collapse check's
-          'diversity_ratio/<class>' per class (the generated images' class diversity over
-          the real images', see `sagan_jax.monitors`; one 'diversity_ratio/all' for an
-          unconditional G) and their minimum 'diversity_ratio_min', as Python floats.
+          ({'IS', 'IS_std', 'FID', 'KID'} as Python floats, the class-wise collapse
+          check: `ClassDiversity`).
         """
         features, logits, labels = self.generated_features(generate, num_classes, num_samples,
                                                            key)
-        return {**self.score(features, logits),
-                **self.diversity_ratios(features, labels, num_classes)}
+        return (self.score(features, logits),
+                self.diversity(features, labels, num_classes, collapse_threshold))
 
     def generated_features(self, generate: Callable, num_classes: int, num_samples: int,
                            key: jax.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -242,27 +245,23 @@ class Evaluator:
         features, logits = self._run(batches())
         return features, logits, np.concatenate(all_labels)
 
-    def diversity_ratios(self, features: np.ndarray, labels: np.ndarray,
-                         num_classes: int) -> dict[str, float]:
-        """Each class's generated diversity over its real diversity (see `evaluate`).
+    def diversity(self, features: np.ndarray, labels: np.ndarray, num_classes: int,
+                  collapse_threshold: float) -> ClassDiversity:
+        """Each class's generated diversity over its real diversity (see `evaluate`); all
+        samples against all real images for an unconditional G (`num_classes` 0).
 
         Raises:
           ValueError: a conditional G with more classes than the reference images have.
         """
-        seed, ref = self.kid_seed, self.reference
-        if not num_classes:
-            ratio = reference.class_diversity(features, labels, 0, seed)[0] / ref.diversity
-            return {"diversity_ratio/all": float(ratio), "diversity_ratio_min": float(ratio)}
+        ref = self.reference
         if num_classes > len(ref.class_diversity):
             raise ValueError(f"the generator has {num_classes} classes, the reference "
                              f"statistics {len(ref.class_diversity)}; delete the stale "
                              f"statistics in eval.stats_dir.")
-        ratios, _ = monitors.collapse_check(
-            reference.class_diversity(features, labels, num_classes, seed),
-            ref.class_diversity[:num_classes])
-        width = len(str(num_classes - 1))
-        out = {f"diversity_ratio/{c:0{width}d}": float(r) for c, r in enumerate(ratios)}
-        return {**out, "diversity_ratio_min": float(np.nanmin(ratios))}
+        real = ref.class_diversity[:num_classes] if num_classes else np.array([ref.diversity])
+        return ClassDiversity.compare(
+            reference.class_diversity(features, labels, num_classes, self.kid_seed), real,
+            collapse_threshold, conditional=bool(num_classes))
 
     def score(self, features: np.ndarray, logits: np.ndarray) -> dict[str, float]:
         """IS of `logits`, FID and KID of `features` against the reference statistics."""

@@ -1,7 +1,7 @@
 """Reference statistics of a dataset's real images, computed once and cached.
 
 FID needs the mean and covariance of the real images' features, KID a sample of those
-features, and the class-wise collapse check (`sagan_jax.monitors`) each class's
+features, and the class-wise collapse check (`diversity.py`) each class's
 diversity. All depend on the dataset, the resolution it is read at and the feature
 network, so the cache file name says all of that; the folder is `eval.stats_dir`
 (default `~/.cache/sagan_jax`; a bucket, gs://..., for the hosts of a TPU slice).
@@ -17,8 +17,7 @@ import os
 import numpy as np
 from etils import epath
 
-from sagan_jax import monitors
-from sagan_jax.evaluation import scores
+from sagan_jax.evaluation import diversity, scores
 
 DEFAULT_STATS_DIR = os.path.join("~", ".cache", "sagan_jax")
 # KID draws its subsets from at most this many real features (a fixed random sample),
@@ -45,15 +44,15 @@ def per_class_sample(labels: np.ndarray, num_classes: int, seed: int) -> np.ndar
 
 def class_diversity(features: np.ndarray, labels: np.ndarray, num_classes: int,
                     seed: int) -> np.ndarray:
-    """`monitors.class_diversity` of (at most `DIVERSITY_SAMPLES` per class of) the rows.
+    """`diversity.class_diversity` of (at most `DIVERSITY_SAMPLES` per class of) the rows.
 
     `num_classes` 0 (an unconditional model) measures all rows as one class.
     """
     if not num_classes:
         labels, num_classes = np.zeros(len(features), np.int64), 1
     keep = per_class_sample(np.asarray(labels), num_classes, seed)
-    return monitors.class_diversity(np.asarray(features)[keep], np.asarray(labels)[keep],
-                                    num_classes)
+    return diversity.class_diversity(np.asarray(features)[keep], np.asarray(labels)[keep],
+                                     num_classes)
 
 
 @dataclasses.dataclass(frozen=True)

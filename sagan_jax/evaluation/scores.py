@@ -15,8 +15,9 @@ depend on how the features were batched or on the accelerator's arithmetic:
   non-convergence on near-singular covariances), and `A` of the reference statistics can
   be computed once and reused.
 * KID: unbiased MMD^2 with the cubic polynomial kernel `(x.y / d + 1)^3`, averaged over
-  random subsets as in Binkowski et al. (2018) and torch-fidelity (100 subsets of 1000,
-  subsets drawn with `np.random.RandomState(seed).choice(..., replace=False)`).
+  random subsets as in Binkowski et al. (2018) and torch-fidelity (subsets drawn with
+  `np.random.RandomState(seed).choice(..., replace=False)`; their number, size and seed
+  are the config's `eval.kid_*`).
 """
 from __future__ import annotations
 
@@ -80,11 +81,15 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
 
 
 def kernel_inception_distance(features1: np.ndarray, features2: np.ndarray,
-                              num_subsets: int = 100, subset_size: int = 1000,
-                              seed: int = 2020) -> tuple[float, float]:
+                              num_subsets: int, subset_size: int,
+                              seed: int) -> tuple[float, float]:
     """Mean and standard deviation over subsets of the unbiased polynomial-kernel MMD^2.
 
-    The subset size is capped at the smaller sample count (torch-fidelity would refuse).
+    Args:
+      features1, features2: (N1, D) and (N2, D) features.
+      num_subsets, subset_size, seed: the random subsets (eval.kid_subsets,
+        eval.kid_subset_size, eval.kid_seed). The subset size is capped at the smaller
+        sample count (torch-fidelity would refuse).
     """
     x_all = np.asarray(features1, np.float64)
     y_all = np.asarray(features2, np.float64)
