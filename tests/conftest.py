@@ -27,3 +27,7 @@ def pytest_configure(config):
         "markers", "smoke: the subset that CI also runs on the oldest versions that the "
         "ranges allow and on Python 3.13 (`-m smoke`): the digits test config end to end, "
         "a resume, the score CLI. Needs neither PyTorch nor the notebook's tools.")
+    config.addinivalue_line(
+        "markers", "slow: tests that take long here (whole-driver runs of the bigger "
+        "configs, several processes, the notebook, the launch scripts, the benchmarks); "
+        "`-m 'not slow'` is the fast subset for development, CI runs everything.")

@@ -2,6 +2,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from scipy.spatial.distance import pdist
 
 from configs import digits
@@ -9,6 +10,7 @@ from sagan_jax import gan as gan_lib, parallel, train_step
 from sagan_jax.evaluation import d_diversity, digits_net
 
 
+@pytest.mark.slow
 def test_names_exactly_the_classes_that_ignore_z():
     """A D at init on the real digits: a "G" that returns random real scans except for
     classes 1 and 8 (always the same scan) has those two, and only those, flagged; the

@@ -154,6 +154,7 @@ def _random_inception_weights(path):
     np.savez(path, **flat)
 
 
+@pytest.mark.slow
 def test_random_inception_path_scores_reals_against_themselves(tmp_path):
     weights = tmp_path / "random_inception.npz"
     _random_inception_weights(weights)

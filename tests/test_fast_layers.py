@@ -174,6 +174,7 @@ def test_shortcut_repeats_after_the_conv_with_the_same_values(sn):
         np.testing.assert_allclose(a, b, rtol=F32_TOL, atol=F32_TOL * np.abs(b).max())
 
 
+@pytest.mark.slow
 def test_gblock_equals_the_direct_transcription():
     x = jax.random.normal(jax.random.key(0), (4, 4, 4, 16))
     labels = jnp.array([0, 2, 1, 2])

@@ -108,6 +108,7 @@ def _eval_after_training(unbiased):
     return np.abs(ours - theirs).max(), var_error
 
 
+@pytest.mark.slow
 @needs_torch
 def test_eval_mode_g_equals_torch_with_unbiased_running_variance():
     # Measured on a 2-core CPU: 4.8e-7 (float32 round-off); running variances 1.7e-7 apart.

@@ -37,6 +37,7 @@ def test_best_step_is_the_lowest_fid_of_the_most_samples(tmp_path):
         render.best_step(str(tmp_path), "raw")
 
 
+@pytest.mark.slow
 def test_renders_have_the_documented_layout(run, tmp_path):
     workdir, config = run
     paths = render.render(workdir, step="last", generator="ema", points=5, rows=3,
@@ -72,6 +73,7 @@ def test_renders_have_the_documented_layout(run, tmp_path):
             assert np.abs(cells[top:top + res, left:left + res] - want).max() <= 1
 
 
+@pytest.mark.slow
 def test_cli_best_without_scores_is_one_line(run):
     workdir, _ = run
     with pytest.raises(FileNotFoundError, match="score the checkpoints first") as e:

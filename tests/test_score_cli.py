@@ -89,6 +89,7 @@ def test_scores_every_checkpoint_with_both_generators(run):
         assert len(list(csv.DictReader(f))) == 3  # step 3 now holds only the raw row
 
 
+@pytest.mark.slow
 @pytest.mark.smoke
 def test_missing_step_and_missing_run_are_one_line(run, tmp_path):
     workdir, _ = run

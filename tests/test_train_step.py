@@ -389,6 +389,7 @@ def test_grids_and_scores_draw_the_same_z_for_the_same_key(run_1dev):
     assert np.mean(grid != expected) < 0.01
 
 
+@pytest.mark.slow
 def test_several_steps_per_call_are_bit_identical_to_single_steps(init_state, run_dis):
     """`steps_per_call` 4: one call of 4 iterations equals 4 calls of 1 iteration of the
     same executable bit for bit (the run_dis setting, whose D-only countdown and skipped
