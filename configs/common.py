@@ -47,6 +47,12 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.model.cbn_init = "zeros"  # Class embeddings of conditional BN: 'zeros' or 'xavier'.
     # BN running variances unbiased, as PyTorch keeps them (only eval-mode G sees them).
     c.model.bn_unbiased_var = False
+    # The attention blocks' 1x1 convs have biases (the original's; the SAGAN paper's
+    # official TF code has none).
+    c.model.attention_bias = True
+    # G's last BN: 'conditional' (the original's) or 'plain', BN with its own affine (the
+    # SAGAN paper's official TF code).
+    c.model.g_out_bn = "conditional"
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "cifar10"

@@ -101,7 +101,7 @@ def test_every_file_is_a_config_or_one_of_the_helpers():
     names = {p.stem for p in (pathlib.Path(common.__file__).parent).glob("*.py")}
     helpers = {n for n in names if not hasattr(importlib.import_module(f"configs.{n}"), "get_config")}
     assert helpers == {"common", "common96"}
-    assert names - helpers == {"animeface", "cifar10", "digits", "flowers", "stl10"}
+    assert names - helpers == {"animeface", "cifar10", "digits", "flowers", "imagenet128", "stl10"}
 
 
 def test_digits_quick_start_is_conditional_and_offline():

@@ -208,12 +208,29 @@ def servers_reachable(monkeypatch):
     monkeypatch.setattr(tfds_datasets, "unreachable", lambda server: None)
 
 
+def test_imagenet_without_its_archives_stops_at_once_with_one_line(tmp_path):
+    """TFDS cannot download ImageNet: with neither a prepared copy nor the archives the
+    run stops in one line saying where to put them, without looking for a server."""
+    def no_server(server):
+        raise AssertionError(f"looked up {server!r}")
+
+    cfg = data_config(name="imagenet2012", data_dir=str(tmp_path / "tfds"), manual_dir="")
+    with pytest.raises(FileNotFoundError) as e:
+        tfds_datasets._prepare("imagenet2012", tfds_datasets.TFDS_DATASETS["imagenet2012"], cfg, tfds,
+                               no_server)
+    message = str(e.value)
+    assert "\n" not in message and "TFDS cannot download 'imagenet2012'" in message
+    assert "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar" in message
+    assert "--config.data.manual_dir" in message and "--config.data.data_dir" in message
+
+
 @pytest.mark.usefixtures("servers_reachable")
 @pytest.mark.parametrize("name, variant, split, size, num_classes", [
     ("cifar10", "labelled", "train", 32, 10),
     ("stl10", "labelled", "train+test", 48, 10),
     ("stl10", "unlabelled", "unlabelled", 48, 0),
     ("oxford_flowers102", "labelled", "train+validation+test", 96, 102),
+    ("imagenet2012", "labelled", "train", 128, 1000),
 ])
 def test_tfds_datasets(name, variant, split, size, num_classes):
     with tfds.testing.mock_data(num_examples=12):
@@ -256,7 +273,7 @@ def test_tfds_download_failure_says_how_to_place_the_data(monkeypatch, tmp_path)
 
 @pytest.mark.parametrize("overrides, error, match", [
     (dict(name="mnist"), ValueError, "one of digits, cifar10, stl10, oxford_flowers102, "
-                                     "animeface, image_folder"),
+                                     "imagenet2012, animeface, image_folder"),
     (dict(resize="cubic"), ValueError, "--config.data.resize"),
     (dict(channels=2), ValueError, "--config.data.channels to 1 or 3"),
     (dict(name="stl10", variant="extra"), ValueError, "labelled, unlabelled"),

@@ -8,11 +8,12 @@ from sagan_jax.models.layers import ConditionalBatchNorm, SelfAttention, SNConv
 
 
 def _np_sn_conv1x1(x, params, sn_state):
-    """A 1x1 conv with the spectrally normalized kernel, from the stored u, v (eval mode)."""
+    """A 1x1 conv with the spectrally normalized kernel, from the stored u, v (eval mode),
+    and its bias if it has one."""
     w = np.asarray(params["kernel"], np.float64)[0, 0]  # (in, out)
     u, v = (np.asarray(sn_state[k], np.float64) for k in ("u", "v"))
     sigma = u @ w.T @ v  # torch's u^T A v with A = w^T (out, in)
-    return x @ (w / sigma) + np.asarray(params["bias"], np.float64)
+    return x @ (w / sigma) + np.asarray(params.get("bias", 0.0), np.float64)
 
 
 def _np_max_pool2(x):
@@ -36,10 +37,11 @@ def _np_attention(x, params, sn_state):
     return x + float(params["gamma"]) * conv("o", o)
 
 
-def _init_attention(x):
+def _init_attention(x, use_bias=True):
     """Initial variables after one training pass, so that u and v are power-iterated."""
-    variables = SelfAttention(SNConv).init({"params": jax.random.key(0)}, x)
-    _, state = SelfAttention(SNConv).apply(variables, x, train=True, mutable=[SN_COLLECTION])
+    attention = SelfAttention(SNConv, use_bias)
+    variables = attention.init({"params": jax.random.key(0)}, x)
+    _, state = attention.apply(variables, x, train=True, mutable=[SN_COLLECTION])
     return {**variables, **state}
 
 
@@ -105,3 +107,18 @@ def test_conditional_bn_applies_class_gamma_and_beta():
     y = np.asarray(labels)
     ref = _np_batch_norm(np.asarray(x, np.float64), 1e-4) * (1 + e_g[y])[:, None, None] + e_b[y][:, None, None]
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_attention_without_biases_matches_numpy_formula():
+    """use_bias=False (the SAGAN paper's official code): the four convs have kernels only."""
+    x = jax.random.normal(jax.random.key(2), (2, 8, 6, 32))
+    variables = _init_attention(x, use_bias=False)
+    params = jax.tree_util.tree_map(np.asarray, variables["params"])
+    assert {name: set(params[name]) for name in ("theta", "phi", "g", "o")} == dict.fromkeys(
+        ("theta", "phi", "g", "o"), {"kernel"})
+    params["gamma"] = np.float32(0.7)
+    variables = {"params": params, SN_COLLECTION: variables[SN_COLLECTION]}
+    out = SelfAttention(SNConv, use_bias=False).apply(variables, x)
+    ref = _np_attention(np.asarray(x, np.float64), params, variables[SN_COLLECTION])
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+    assert np.abs(ref - np.asarray(x)).max() > 0.1

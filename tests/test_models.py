@@ -97,13 +97,45 @@ def test_build_models_reads_the_switches():
     ("cbn_init", "ones", "model.cbn_init"),
     ("sn_iters", 2, "sn_iters=1"),
     ("dtype", "float16", "model.dtype"),
+    ("g_out_bn", "none", "model.g_out_bn"),
+    ("attention_bias", "no", "model.attention_bias"),
 ])
 def test_build_models_rejects_unknown_switches(field, value, message):
-    fields = dict(sn_mode="original", init="xavier", cbn_init="zeros")
-    fields[field] = value
+    cfg = _model_config(sn_mode="original", init="xavier", cbn_init="zeros")
+    del cfg[field]  # Past ConfigDict's type check, as a config read back from JSON.
+    cfg[field] = value
     with pytest.raises(ValueError, match=message) as e:
-        build_models(_model_config(**fields), 3, 3)
+        build_models(cfg, 3, 3)
     assert "\n" not in str(e.value)
+
+
+def test_the_official_codes_attention_and_last_bn():
+    """attention_bias=False drops the four 1x1 convs' biases and nothing else;
+    g_out_bn='plain' makes G's last BN one with its own affine, whatever the classes."""
+    z, labels = jnp.zeros((2, 128)), jnp.array([0, 2])
+    x = jnp.zeros((2, 16, 16, 3))
+
+    def params(**fields):
+        g, d = build_models(_model_config(**fields), 3, 3)
+        return (jax.eval_shape(lambda: g.init({"params": jax.random.key(0)}, z, labels))["params"],
+                jax.eval_shape(lambda: d.init({"params": jax.random.key(0)}, x, labels))["params"])
+
+    (g, d), (g_official, d_official) = params(), params(attention_bias=False, g_out_bn="plain")
+    for ours, official in ((g, g_official), (d, d_official)):  # Attention after the 8x8 block.
+        assert {k: set(v) for k, v in ours["attention0"].items() if k != "gamma"} == {
+            k: {"kernel", "bias"} for k in ("theta", "phi", "g", "o")}
+        assert {k: set(v) for k, v in official["attention0"].items() if k != "gamma"} == {
+            k: {"kernel"} for k in ("theta", "phi", "g", "o")}
+    # Biases of C/8 + C/8 + C/2 + C: C = 16 in G (after its 8x8 block), 8 in D.
+    assert _param_count(g["attention0"]) - _param_count(g_official["attention0"]) == 2 + 2 + 8 + 16
+    assert _param_count(d["attention0"]) - _param_count(d_official["attention0"]) == 1 + 1 + 4 + 8
+    assert jax.tree_util.tree_map(jnp.shape, g["bn_out"]) == {
+        "gamma": {"embedding": (3, 8)}, "beta": {"embedding": (3, 8)}}
+    assert jax.tree_util.tree_map(jnp.shape, g_official["bn_out"]) == {"bn": {"scale": (8,), "bias": (8,)}}
+    assert {k: v for k, v in g.items() if k not in ("bn_out", "attention0")} == {
+        k: v for k, v in g_official.items() if k not in ("bn_out", "attention0")}
+    assert {k: v for k, v in d.items() if k != "attention0"} == {
+        k: v for k, v in d_official.items() if k != "attention0"}
 
 
 def test_module_defaults_are_the_configs():

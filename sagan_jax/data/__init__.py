@@ -5,8 +5,8 @@ sharded over the data mesh (`pipeline`).
     dispatches = ds.plan_iterator(periods.chunks(start_step, k), k)  # (first, count, batches)
 
 Importing this package registers the built-in sources: `digits`, the TFDS datasets
-(`cifar10`, `stl10`, `oxford_flowers102`) and the class-per-folder trees (`animeface`,
-`image_folder`).
+(`cifar10`, `stl10`, `oxford_flowers102`, `imagenet2012`) and the class-per-folder
+trees (`animeface`, `image_folder`).
 """
 from sagan_jax.data import digits, tfds_datasets, image_folder  # noqa: F401,I001 -- registration order.
 from sagan_jax.data.pipeline import Dataset, create_dataset, to_float

@@ -108,7 +108,7 @@ def load_examples(data_cfg: ml_collections.ConfigDict, process_index: int,
 
     Raises:
       ValueError: an unknown dataset, variant or resize method, or bad images.
-      FileNotFoundError: a missing data folder.
+      FileNotFoundError: a missing data folder, or ImageNet neither prepared nor in manual_dir.
       ConnectionError: a TFDS dataset that is not prepared and could not be downloaded.
     """
     size, channels, method = int(data_cfg.image_size), int(data_cfg.channels), data_cfg.resize

@@ -1,7 +1,9 @@
-"""TensorFlow Datasets sources: CIFAR-10, STL-10 and Oxford Flowers 102.
+"""TensorFlow Datasets sources: CIFAR-10, STL-10, Oxford Flowers 102 and ImageNet 2012.
 
 Each is downloaded and prepared by TFDS on first use; offline, a prepared copy under
-`data.data_dir` or the source archives in `data.manual_dir` are used instead.
+`data.data_dir` or the source archives in `data.manual_dir` are used instead. ImageNet's
+archives are not public, so TFDS never downloads them: it prepares `imagenet2012` from
+the ILSVRC2012 archives in `data.manual_dir`, or reads a copy prepared before.
 
 On the hosts of a TPU slice, which all need the data, `data.data_dir` may be a bucket
 (`gs://bucket/tensorflow_datasets`, prepared once by process 0 and read by all), or
@@ -40,7 +42,8 @@ class TfdsSpec:
     Attributes:
       splits: variant -> TFDS split expression.
       source_files: what TFDS downloads; the names it looks for in `manual_dir`.
-      server: where TFDS downloads them from (scheme and host).
+      server: where TFDS downloads them from (scheme and host); '' when TFDS cannot
+        download them (they must be in `manual_dir`).
       labelled: the variants whose labels are classes.
     """
 
@@ -52,7 +55,7 @@ class TfdsSpec:
 
 # Splits as in the original work (docs/original.md, "Training"): CIFAR-10 train; STL-10
 # train+test (13,000 labelled images) or the 100k unlabelled split; Oxford Flowers 102,
-# all splits.
+# all splits. ImageNet 2012: train (1,281,167 images), as the SAGAN paper.
 TFDS_DATASETS = {
     "cifar10": TfdsSpec({"labelled": "train"}, ("cifar-10-binary.tar.gz",),
                         "https://www.cs.toronto.edu"),
@@ -61,6 +64,8 @@ TFDS_DATASETS = {
     "oxford_flowers102": TfdsSpec({"labelled": "train+validation+test"},
                                   ("102flowers.tgz", "imagelabels.mat", "setid.mat"),
                                   "https://www.robots.ox.ac.uk"),
+    "imagenet2012": TfdsSpec({"labelled": "train"},
+                             ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"), ""),
 }
 
 
@@ -187,7 +192,8 @@ def _prepare(name: str, spec: TfdsSpec, data_cfg, tfds,
         (epath.Path(data_cfg.manual_dir) / f).exists() for f in spec.source_files)
     # Prepared: what `builder.is_prepared()` checks, without its warning where it is not.
     prepared = (builder.data_path / "dataset_info.json").exists()
-    problem = None if public or manual or prepared else why_unreachable(spec.server)
+    # Nothing to download (a server-less dataset) is nothing to wait for: TFDS stops at once.
+    problem = None if public or manual or prepared or not spec.server else why_unreachable(spec.server)
     offline = (f"Offline? Either copy a prepared '{name}' folder (from `tfds build {name}` on "
                f"a connected machine) under --config.data.data_dir, or put "
                f"{', '.join(spec.source_files)} in a folder and set --config.data.manual_dir "
@@ -202,6 +208,14 @@ def _prepare(name: str, spec: TfdsSpec, data_cfg, tfds,
             raise _read_only(error) from error
         # Downloads fail in many ways (DNS, HTTP, proxies, checksums); all end the same way.
         reason = (str(error).splitlines() or [""])[0][:200]
+        if not spec.server:
+            reason = reason.rstrip(" :")
+            raise FileNotFoundError(
+                f"TFDS cannot download '{name}' (its archives are not public) and could not "
+                f"prepare it into {builder.data_dir} ({type(error).__name__}: {reason}): put "
+                f"{' and '.join(spec.source_files)} in a folder and set --config.data.manual_dir "
+                f"to it, or set --config.data.data_dir to a folder or bucket where '{name}' is "
+                "prepared.") from error
         raise ConnectionError(
             f"TFDS could not download or prepare '{name}' into {builder.data_dir} "
             f"({type(error).__name__}: {reason}). {offline}") from error

@@ -288,19 +288,23 @@ class SelfAttention(nn.Module):
 
     theta = conv1x1(C -> C/8); phi = maxpool2(conv1x1(C -> C/8)); g = maxpool2(conv1x1(
     C -> C/2)); beta = softmax over the HW/4 keys of theta . phi^T; o = conv1x1(C/2 -> C)(
-    beta . g). All four convs are SN'd and have biases (docs/original.md). The softmax
-    is computed in float32, the rest in the dtype of `x` (the network's compute dtype).
+    beta . g). All four convs are SN'd; they have biases as in the original
+    (docs/original.md), or none as in the SAGAN paper's official TF code (`use_bias`).
+    The softmax is computed in float32, the rest in the dtype of `x` (the network's
+    compute dtype).
 
     Attributes:
       conv: the network's `SNConv` factory (SN, initialisation and dtype bound).
+      use_bias: the four 1x1 convs have biases.
     """
 
     conv: ModuleDef
+    use_bias: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         b, h, w, c = x.shape
-        conv = functools.partial(self.conv, kernel_size=1)
+        conv = functools.partial(self.conv, kernel_size=1, use_bias=self.use_bias)
         theta = conv(c // 8, name="theta")(x, train).reshape(b, h * w, c // 8)
         phi = _max_pool2(conv(c // 8, name="phi")(x, train)).reshape(b, h * w // 4, c // 8)
         g = _max_pool2(conv(c // 2, name="g")(x, train)).reshape(b, h * w // 4, c // 2)

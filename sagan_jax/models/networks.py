@@ -23,6 +23,9 @@ from sagan_jax.models.architectures import get_architecture, scale_channels
 from sagan_jax.models.spectral_norm import SNSettings
 
 DTYPES = ("float32", "bfloat16")
+# G's last BN: conditional on the class, as every block's, or plain BN with its own
+# affine (the SAGAN paper's official code).
+G_OUT_BNS = ("conditional", "plain")
 
 
 def _sn_layers(sn_settings: SNSettings, param_init: str, dtype: Any) -> tuple[layers.ModuleDef, ...]:
@@ -48,6 +51,8 @@ class Generator(nn.Module):
       param_init: 'xavier' or 'original' initialisation (see `layers`).
       cbn_init: 'zeros' or 'xavier' conditional BN embeddings.
       bn_unbiased_var: BN running variances unbiased, as PyTorch keeps them.
+      attention_bias: the attention blocks' 1x1 convs have biases.
+      out_bn: the last BN, 'conditional' (with `num_classes` > 0) or 'plain'.
     """
 
     resolution: int = 32
@@ -63,6 +68,8 @@ class Generator(nn.Module):
     param_init: str = "xavier"
     cbn_init: str = "zeros"
     bn_unbiased_var: bool = False
+    attention_bias: bool = True
+    out_bn: str = "conditional"
 
     @nn.compact
     def __call__(self, z: jax.Array, labels: Optional[jax.Array] = None, train: bool = False) -> jax.Array:
@@ -82,8 +89,9 @@ class Generator(nn.Module):
             h = block(h, labels, train)
             if h.shape[1] in pending_attention:
                 pending_attention.discard(h.shape[1])
-                h = layers.SelfAttention(conv, name=f"attention{i}")(h, train)
-        h = norm(name="bn_out")(h, labels, train)
+                h = layers.SelfAttention(conv, self.attention_bias, name=f"attention{i}")(h, train)
+        out_norm = norm if self.out_bn == "conditional" else functools.partial(norm, num_classes=0)
+        h = out_norm(name="bn_out")(h, labels, train)
         h = conv(self.channels, 3, sn=self.sn and arch.g_out_sn, name="conv_out")(nn.relu(h), train)
         return jnp.tanh(h.astype(jnp.float32))
 
@@ -100,6 +108,7 @@ class Discriminator(nn.Module):
       dtype: compute dtype of the blocks; parameters, the head and the logits are float32.
       sn_settings: the spectral norm's mode, power steps and eps (see `spectral_norm`).
       param_init: 'xavier' or 'original' initialisation (see `layers`).
+      attention_bias: the attention blocks' 1x1 convs have biases.
     """
 
     resolution: int = 32
@@ -110,6 +119,7 @@ class Discriminator(nn.Module):
     dtype: Any = jnp.float32
     sn_settings: SNSettings = SNSettings()
     param_init: str = "xavier"
+    attention_bias: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, labels: Optional[jax.Array] = None, train: bool = False) -> jax.Array:
@@ -122,7 +132,7 @@ class Discriminator(nn.Module):
                               name=f"block{i}")(h, train)
             if h.shape[1] in pending_attention:
                 pending_attention.discard(h.shape[1])
-                h = layers.SelfAttention(conv, name=f"attention{i}")(h, train)
+                h = layers.SelfAttention(conv, self.attention_bias, name=f"attention{i}")(h, train)
         # Global SUM pooling, as in SNGAN (not a mean).
         features = jnp.sum(nn.relu(h).astype(jnp.float32), axis=(1, 2))
         # D's penultimate features, for the class-wise collapse check without Inception
@@ -145,27 +155,36 @@ def build_models(model_cfg: Any, num_classes: int, channels: int,
       model_cfg: has resolution, width, z_dim, conditional, g_attention, d_attention,
         g_sn, dtype ('float32' or 'bfloat16'), sn_mode ('standard' or 'original'),
         sn_iters, sn_eps, init ('xavier' or 'original'), cbn_init ('zeros' or 'xavier'),
-        bn_unbiased_var (False when absent: configs written before it).
+        bn_unbiased_var, attention_bias (True or False) and g_out_bn ('conditional' or
+        'plain'); the last three take their defaults (False, True, 'conditional') when
+        absent: configs written before them.
       num_classes: classes of the dataset (used when `model_cfg.conditional`).
       channels: image channels.
       bn_axis_name: mesh axis for synced BN statistics, or None.
 
     Raises:
-      ValueError: an unknown dtype, sn_mode, init or cbn_init, or sn_iters other than 1
-        with the original SN, in one line.
+      ValueError: an unknown dtype, sn_mode, init, cbn_init or g_out_bn, an
+        attention_bias other than True or False, or sn_iters other than 1 with the
+        original SN, in one line.
     """
-    for field, allowed in (("dtype", DTYPES), ("init", layers.INITS), ("cbn_init", layers.CBN_INITS)):
-        if getattr(model_cfg, field) not in allowed:
-            raise ValueError(f"unknown model.{field} {getattr(model_cfg, field)!r}; "
-                             f"set it to one of {allowed}.")
+    attention_bias = model_cfg.get("attention_bias", True)
+    g_out_bn = model_cfg.get("g_out_bn", "conditional")
+    for field, value, allowed in (("dtype", model_cfg.dtype, DTYPES), ("init", model_cfg.init, layers.INITS),
+                                  ("cbn_init", model_cfg.cbn_init, layers.CBN_INITS),
+                                  ("g_out_bn", g_out_bn, G_OUT_BNS)):
+        if value not in allowed:
+            raise ValueError(f"unknown model.{field} {value!r}; set it to one of {allowed}.")
+    if not isinstance(attention_bias, bool):
+        raise ValueError(f"model.attention_bias is {attention_bias!r}; set it to True or False.")
     common = dict(
         resolution=model_cfg.resolution, num_classes=num_classes if model_cfg.conditional else 0,
         width=model_cfg.width, channels=channels, dtype=jnp.dtype(model_cfg.dtype),
         sn_settings=SNSettings(model_cfg.sn_mode, model_cfg.sn_iters, model_cfg.sn_eps),
-        param_init=model_cfg.init,
+        param_init=model_cfg.init, attention_bias=attention_bias,
     )
     g = Generator(attention=tuple(model_cfg.g_attention), sn=model_cfg.g_sn, z_dim=model_cfg.z_dim,
                   bn_axis_name=bn_axis_name, cbn_init=model_cfg.cbn_init,
-                  bn_unbiased_var=bool(model_cfg.get("bn_unbiased_var", False)), **common)
+                  bn_unbiased_var=bool(model_cfg.get("bn_unbiased_var", False)), out_bn=g_out_bn,
+                  **common)
     d = Discriminator(attention=tuple(model_cfg.d_attention), **common)
     return g, d
