@@ -55,6 +55,7 @@ setup(
             "torchvision==0.29.1",
             "pytorch-fid>=0.3",
             "torch-fidelity>=0.3",
+            "prdc>=0.2",  # precision, recall, density and coverage (Naeem et al.).
         ],
         "test": [
             "pytest>=8.0.0",

@@ -142,6 +142,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.eval.kid_subsets = 100  # KID as torch-fidelity: 100 subsets of 1000, seed 2020.
     c.eval.kid_subset_size = 1000
     c.eval.kid_seed = 2020
+    c.eval.nearest_k = 3  # Precision/recall/density/coverage's k (Kynkaanniemi et al. 2019).
     c.eval.best_by = "FID"  # `render --step=best`'s default: lowest 'FID' or highest 'IS'.
 
     # Early warnings of the original's two failures (sagan_jax/monitors.py,

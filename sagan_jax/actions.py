@@ -131,7 +131,9 @@ def warn_collapse(step: int, which: str, diversity: ClassDiversity) -> None:
 class Evaluation(Action):
     """In-training scores of the training generator, with the same key every time (score
     changes come from G, not from new z): `measure(state, generate, key)` gives the
-    TensorBoard tags' prefix, the scores and the class-wise collapse check."""
+    TensorBoard tags' prefix, the scores and the class-wise collapse check. Every score is
+    written as `eval/<G>/<prefix><score>`, per-class ones as `.../<score>/<class>` (see
+    `Evaluator.evaluate`)."""
 
     def __init__(self, config, plan: periods.Periods, measure: Callable, generate: Callable,
                  writer, key: jax.Array):
@@ -145,9 +147,10 @@ class Evaluation(Action):
         prefix, scores, diversity = self.measure(state, generate, self.key)
         self.writer.write_scalars(step, {f"eval/{which}/{prefix}{k}": v for k, v in
                                          {**scores, **diversity.to_scalars()}.items()})
-        if scores:
+        if scores:  # The log line leaves out the per-class values ('<score>/<class>').
             logging.info("step %d scores (%s G): %s", step, which,
-                         {**scores, "diversity_ratio_min": diversity.minimum})
+                         {**{k: v for k, v in scores.items() if "/" not in k},
+                          "diversity_ratio_min": diversity.minimum})
         warn_collapse(step, which, diversity)
 
 

@@ -3,12 +3,13 @@
 Writes a Markdown table in the shape of the original's tables (docs/original.md,
 "Experiments"): one row per run (case = the workdir's name), a column for each config
 setting that differs between the runs, the best IS and FID with their steps, and the final
-scores. Beside it, `FILE_scores.png` (IS and FID over training) and `FILE_losses.png`
-(D and G loss), all runs overlaid. It reads only what runs wrote (see
-`sagan_jax.workdir`): `config.json`, `eval/scores.csv` (from `sagan_jax.score`) at the
-largest sample count scored when present, else the in-training scores
-`eval/<G>/IS|FID` of the run's TensorBoard events, and `train/d_loss`, `train/g_loss`
-from those events. Workdirs and the output may be buckets (gs://...).
+scores: IS, FID and, where any run has them, precision, recall, density, coverage,
+intra-FID and sample accuracy. Beside it, `FILE_scores.png` (IS and FID over training)
+and `FILE_losses.png` (D and G loss), all runs overlaid. It reads only what runs wrote
+(see `sagan_jax.workdir`): `config.json`, `eval/scores.csv` (from `sagan_jax.score`) at
+the largest sample count scored when present, else the in-training scores
+`eval/<G>/IS|FID|precision|...` (`workdir.SCORED`) of the run's TensorBoard events, and
+`train/d_loss`, `train/g_loss` from those events. Workdirs and the output may be buckets (gs://...).
 """
 from __future__ import annotations
 
@@ -28,6 +29,10 @@ from sagan_jax import workdir as workdir_lib
 FLAGS = flags.FLAGS
 
 LOSSES = ("d_loss", "g_loss")
+# The final scores shown beside IS and FID when a run has them: (name, header, decimals).
+EXTRA_SCORES = (("precision", "precision", 3), ("recall", "recall", 3),
+                ("density", "density", 3), ("coverage", "coverage", 3),
+                ("intra_fid", "intra-FID", 2), ("sample_accuracy", "sample accuracy", 3))
 # Settings that name places on disk, not experiments: never a column.
 _PLACE = re.compile(r"(^|\.)(workdir|path|[a-z_]*_(dir|path)|inception_weights)$")
 
@@ -52,7 +57,8 @@ class Run:
       name: the case, i.e. the workdir's name.
       workdir: the directory as given.
       settings: the run's config as dotted keys -> values.
-      scores: 'IS' / 'FID' -> curve of the reported generator (absent when never scored).
+      scores: a name of `workdir.SCORED` ('IS', 'FID', 'precision'...) -> curve of the
+        reported generator (absent when never scored).
       scored: where the scores come from, e.g. 'ema, 2000 samples, scores.csv'.
       losses: 'd_loss' / 'g_loss' -> curve (absent when not logged).
     """
@@ -147,13 +153,15 @@ def load_run(workdir: str, generator: str = "ema", name: str | None = None) -> R
 
 
 def summarize(run: Run) -> dict[str, Any]:
-    """Best IS and FID with their steps, and the scores of the last scored step."""
+    """Best IS and FID with their steps, and the scores of the last scored step
+    ('final_<score>' for each of `workdir.SCORED`, NaN where not scored then)."""
     is_curve, fid_curve = run.scores.get("IS"), run.scores.get("FID")
     out = {}
     out["best_IS"], out["best_IS_step"] = workdir_lib.best_point(is_curve, lower_is_better=False)
     out["best_FID"], out["best_FID_step"] = workdir_lib.best_point(fid_curve, lower_is_better=True)
     last = max((int(c[0][-1]) for c in run.scores.values() if len(c[0])), default=None)
-    for name, curve in (("IS", is_curve), ("FID", fid_curve)):
+    for name in workdir_lib.SCORED:
+        curve = run.scores.get(name)
         at_last = curve[1][curve[0] == last] if curve is not None else []
         out[f"final_{name}"] = float(at_last[0]) if len(at_last) else math.nan
     out["final_step"] = last
@@ -179,18 +187,21 @@ def _score(value: float, digits: int) -> str:
 
 def markdown_table(runs: list[Run]) -> str:
     """The runs' table: case, differing settings, best and final scores (IS 3 decimals as
-    in the original's tables, FID 2), and where the scores come from."""
+    in the original's tables, FID 2; the `EXTRA_SCORES` that any run has), and where the
+    scores come from."""
     keys = differing_settings(runs)
-    head = (["case"] + keys + ["best IS", "step", "best FID", "step", "final IS", "final FID",
-                               "final step", "scored"])
+    extra = [e for e in EXTRA_SCORES if any(e[0] in r.scores for r in runs)]
+    head = (["case"] + keys + ["best IS", "step", "best FID", "step", "final IS", "final FID"]
+            + [f"final {header}" for _, header, _ in extra] + ["final step", "scored"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for run in runs:
         s = summarize(run)
         cells = ([run.name] + [_cell(run.settings.get(k)) for k in keys] + [
             _score(s["best_IS"], 3), _cell(s["best_IS_step"]),
             _score(s["best_FID"], 2), _cell(s["best_FID_step"]),
-            _score(s["final_IS"], 3), _score(s["final_FID"], 2), _cell(s["final_step"]),
-            run.scored or "not scored"])
+            _score(s["final_IS"], 3), _score(s["final_FID"], 2)] + [
+            _score(s[f"final_{name}"], digits) for name, _, digits in extra] + [
+            _cell(s["final_step"]), run.scored or "not scored"])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -2,10 +2,13 @@
 
 By default with the papers' protocol, whatever the run used while training: 50k
 generated images, IS over 10 splits, FID and KID against the whole training set (the
-cached reference statistics). For each checkpoint (all of them, or `--step`), both the
-EMA and the raw generator make the images (compiled, batched and sharded over all
-devices by `sampling.make_generate_fn`) that the run's feature network (Inception,
-or the digits net for the quick start: `eval.feature_net` in the run's config) scores.
+cached reference statistics), precision, recall, density and coverage against the
+reference's real pool, and for a conditional run intra-FID (and, with the digits net,
+sample accuracy); `Evaluator.evaluate` says which apply when. For each checkpoint (all
+of them, or `--step`), both the EMA and the raw generator make the images (compiled,
+batched and sharded over all devices by `sampling.make_generate_fn`) that the run's
+feature network (Inception, or the digits net for the quick start: `eval.feature_net` in
+the run's config) scores.
 Writes `DIR/eval/step_<N>.json` per step, `DIR/eval/scores.csv` (all steps scored so
 far) and TensorBoard scalars under `DIR/eval`; every row names its protocol. Only
 reads the checkpoints, so it can run beside the training run. DIR may be a bucket
@@ -57,12 +60,20 @@ def protocol(num_samples: int, splits: int, num_real: int) -> str:
 
 def _row(step: int, name: str, scores: dict[str, float], diversity: ClassDiversity,
          **facts) -> dict:
-    """One scored (step, generator): the scores and the class-wise collapse check (the
-    minimum ratio, the collapsed classes and each class's ratio)."""
+    """One scored (step, generator): the scores (a per-class score '<score>/<class>' as
+    '<score>_by_class': {class: value}) and the class-wise collapse check (the minimum
+    ratio, the collapsed classes and each class's ratio)."""
     line = diversity.warning()
     if line:
         logging.warning("step %d, %s G: %s", step, name, line)
-    return dict(step=step, generator=name, **facts, **scores,
+    overall, by_class = {}, {}
+    for key, value in scores.items():
+        score, _, cls = key.partition("/")
+        if cls:
+            by_class.setdefault(f"{score}_by_class", {})[cls] = value
+        else:
+            overall[key] = value
+    return dict(step=step, generator=name, **facts, **overall, **by_class,
                 diversity_ratio_min=diversity.minimum,
                 collapsed_classes=" ".join(diversity.collapsed_classes),
                 diversity_ratio=diversity.by_class())
@@ -86,8 +97,11 @@ def evaluate_workdir(workdir: epath.PathLike, step: int | None = None, num_sampl
 
     Returns:
       One row per (step, generator): step, generator, num_samples, splits, feature_net,
-      protocol, the scores ('IS', 'IS_std', 'FID', 'KID'), the class-wise collapse check
-      ('diversity_ratio_min', 'collapsed_classes' and the per-class 'diversity_ratio').
+      protocol, the scores ('IS', 'IS_std', 'FID', 'KID', 'precision', 'recall',
+      'density', 'coverage', and where they apply 'intra_fid' and 'sample_accuracy' with
+      their per-class 'intra_fid_by_class' and 'sample_accuracy_by_class'), the
+      class-wise collapse check ('diversity_ratio_min', 'collapsed_classes' and the
+      per-class 'diversity_ratio').
 
     Raises:
       FileNotFoundError: no run, no such step, or missing Inception weights.
@@ -143,9 +157,10 @@ def evaluate_workdir(workdir: epath.PathLike, step: int | None = None, num_sampl
                 step_rows.append(row)
                 writer.write_scalars(s, {f"{name}/{k}": v for k, v in
                                          {**scores, **diversity.to_scalars()}.items()})
-                logging.info("step %d, %s G (%s): IS %.4g, FID %.4g, KID %.4g, min diversity "
-                             "ratio %.3g", s, name, how, row["IS"], row["FID"], row["KID"],
-                             row["diversity_ratio_min"])
+                logging.info("step %d, %s G (%s): IS %.4g, FID %.4g, KID %.4g, precision "
+                             "%.3g, recall %.3g, min diversity ratio %.3g", s, name, how,
+                             row["IS"], row["FID"], row["KID"], row["precision"],
+                             row["recall"], row["diversity_ratio_min"])
             workdir_lib.write_step_scores(workdir, s, step_rows)
             rows.extend(step_rows)
         writer.write_texts(steps[-1], {"protocol": how})

@@ -34,8 +34,11 @@ EVAL_DIR = "eval"
 SCORES_FILE = "scores.csv"
 KEPT_STEPS_FILE = "kept_steps.json"
 RENDER_DIR = "render"
-# The columns of scores.csv that `read_scores` returns as curves (FID: lower is better).
-SCORED = ("IS", "FID")
+# The columns of scores.csv that `read_scores` returns as curves (FID: lower is better),
+# and the `eval/<G>/<score>` tags that `report` reads without it; intra-FID and sample
+# accuracy only for conditional runs (and sample accuracy only with the digits net).
+SCORED = ("IS", "FID", "precision", "recall", "density", "coverage", "intra_fid",
+          "sample_accuracy")
 
 Curve = tuple[np.ndarray, np.ndarray]  # (steps int64, values float64), steps ascending.
 
@@ -150,7 +153,8 @@ def scores_file(workdir: epath.PathLike) -> epath.Path:
 def write_scores_csv(workdir: epath.PathLike, rows: list[dict[str, Any]]) -> None:
     """Writes `eval/scores.csv`: a row per dict, a column per key in the order keys first
     appear (a value a row lacks stays empty). Nested values (the per-class diversity
-    ratios) are left out: the step JSONs keep them, the CSV has their minimum."""
+    ratios, intra-FIDs and sample accuracies) are left out: the step JSONs keep them, the
+    CSV has their minimum or mean."""
     rows = [{k: v for k, v in row.items() if not isinstance(v, dict)} for row in rows]
     table = io.StringIO(newline="")
     writer = csv.DictWriter(table, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
@@ -198,8 +202,8 @@ class Scores:
       path: the scores.csv read.
       generator: whose scores, 'ema' or 'raw'.
       num_samples: the sample count of these scores (0 where the file does not say).
-      curves: 'IS' / 'FID' -> the scores over the steps (NaN where not computed), for
-        the columns the file has.
+      curves: a name of `SCORED` ('IS', 'FID', 'precision'...) -> the scores over the
+        steps (NaN where not computed), for the columns the file has.
     """
     path: epath.Path
     generator: str

@@ -144,7 +144,9 @@ def test_a_run_in_a_bucket(tmp_path, monkeypatch):
     best_fid = min(rows, key=lambda r: r["FID"])
     assert table.splitlines()[4] == (
         f"| run | {best_is['IS']:.3f} | {best_is['step']} | {best_fid['FID']:.2f} | "
-        f"{best_fid['step']} | {rows[1]['IS']:.3f} | {rows[1]['FID']:.2f} | 4 | "
+        f"{best_fid['step']} | {rows[1]['IS']:.3f} | {rows[1]['FID']:.2f} | "
+        + "".join(f"{rows[1][k]:.3f} | " for k in ("precision", "recall", "density", "coverage"))
+        + f"{rows[1]['intra_fid']:.2f} | {rows[1]['sample_accuracy']:.3f} | 4 | "
         "ema, 64 samples, scores.csv |")
     for name in ("runs_scores.png", "runs_losses.png"):  # The losses from the events.
         assert (storage / "bucket" / "report" / name).read_bytes()[:4] == b"\x89PNG"

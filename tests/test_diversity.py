@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import pdist
 
-from sagan_jax.evaluation import diversity
+from sagan_jax.evaluation import conditional, diversity
 from sagan_jax.evaluation.diversity import ClassDiversity
 
 SEEDS = range(5)
@@ -156,3 +156,13 @@ def test_scalars_keep_the_tensorboard_tags():
                                 "real images' diversity (class (ratio)): all (0.30)")
 
 
+
+
+def test_class_names_are_padded_to_the_widest_index_and_shared():
+    assert diversity.class_names(1) == ["0"] and diversity.class_names(10)[-1] == "9"
+    assert diversity.class_names(11)[:2] == ["00", "01"] and diversity.class_names(1000)[7] == "007"
+    names = diversity.class_names(12)
+    assert sorted(names) == names
+    # The collapse check and the conditional scores name classes alike.
+    assert ClassDiversity.compare(np.ones(12), np.ones(12), 0.5, True).classes == names
+    assert conditional.IntraFID(np.zeros(12)).classes == names

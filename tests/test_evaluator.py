@@ -2,6 +2,7 @@
 import logging
 import subprocess
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -11,8 +12,8 @@ from flax import traverse_util
 from scipy.spatial.distance import pdist
 
 from configs import common
-from sagan_jax import parallel
-from sagan_jax.evaluation import digits_net, inception, scores
+from sagan_jax import actions, parallel
+from sagan_jax.evaluation import conditional, digits_net, inception, manifold, reference, scores
 from sagan_jax.evaluation.evaluator import Evaluator
 
 
@@ -54,6 +55,52 @@ def test_reference_stats_cached_and_equal_to_direct_features(tmp_path, digits16)
 
     again = Evaluator.create(eval_cfg, data_cfg, parallel.create_mesh(), no_data)
     np.testing.assert_array_equal(again.reference.sigma, ev.reference.sigma)
+    # Per-class statistics for intra-FID, cached too; against NumPy's mean and covariance.
+    feats = np.asarray(feats, np.float64)
+    for c in range(10):
+        np.testing.assert_allclose(again.reference.class_mu[c], feats[labels == c].mean(0),
+                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(again.reference.class_sigma[c], np.cov(feats[labels == c].T),
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_no_per_class_statistics_above_the_cap_and_no_intra_fid(tmp_path, digits16,
+                                                                 monkeypatch, caplog):
+    images, labels = digits16
+    eval_cfg, data_cfg = _configs(tmp_path)
+    monkeypatch.setattr(reference, "CLASS_STATS_MAX_BYTES", 10 * 64 * 64 * 8 - 1)
+    with caplog.at_level(logging.INFO):
+        ev = Evaluator.create(eval_cfg, data_cfg, parallel.create_mesh(),
+                              _batches(images, labels))
+        got = ev.score(*ev.features([images]), labels, 10)
+    assert ev.reference.class_mu.shape == (0, 64) and ev.reference.class_sigma.shape == (0, 64, 64)
+    assert not any(k.startswith("intra_fid") for k in got) and "sample_accuracy" in got
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("intra-FID is skipped" in m for m in messages)
+    assert any(m.startswith("No intra-FID") for m in messages)
+
+
+def test_in_training_evaluation_writes_every_score_under_eval_g(tmp_path, digits16):
+    images, labels = digits16
+    eval_cfg, data_cfg = _configs(tmp_path)
+    ev = Evaluator.create(eval_cfg, data_cfg, parallel.create_mesh(), _batches(images, labels))
+    by_class = jnp.asarray(np.stack([images[labels == c][:170] for c in range(10)]))
+    generate = lambda params, model_state, key, y: by_class[
+        y, jax.random.randint(key, y.shape, 0, 170)]
+    written = {}
+    writer = types.SimpleNamespace(write_scalars=lambda step, s: written.update({step: s}))
+    config = types.SimpleNamespace(train=types.SimpleNamespace(sample_with_ema=True))
+    plan = types.SimpleNamespace(eval_due=lambda step: True)
+    measure = lambda state, generate, key: ("", *ev.evaluate(generate, 10, 400, key, 0.6))
+    action = actions.Evaluation(config, plan, measure, generate, writer, jax.random.key(3))
+    action(5, types.SimpleNamespace(ema_params={}, ema_state={}))
+    want, diversity = ev.evaluate(lambda k, y: generate(None, None, k, y), 10, 400,
+                                  jax.random.key(3), 0.6)
+    assert written[5] == {f"eval/ema/{k}": v
+                          for k, v in {**want, **diversity.to_scalars()}.items()}
+    for name in ("precision", "recall", "density", "coverage", "intra_fid", "intra_fid/0",
+                 "sample_accuracy", "sample_accuracy/9"):
+        assert f"eval/ema/{name}" in written[5], name
 
 
 def test_scores_of_real_digits_and_independent_recomputation(tmp_path, digits16):
@@ -69,7 +116,9 @@ def test_scores_of_real_digits_and_independent_recomputation(tmp_path, digits16)
         return out
 
     got, diversity = ev.evaluate(generate, 10, 390, jax.random.key(0), 0.6)
-    assert set(got) == {"IS", "IS_std", "FID", "KID"}
+    per_class = {f"{name}/{c}" for name in ("intra_fid", "sample_accuracy") for c in range(10)}
+    assert set(got) == {"IS", "IS_std", "FID", "KID", "precision", "recall", "density",
+                        "coverage", "intra_fid", "sample_accuracy"} | per_class
     ys = np.concatenate([y for y, _ in seen])
     assert ys.dtype == np.int32 and len(ys) == 400 and set(ys) == set(range(10))
     gen = np.concatenate([x for _, x in seen])[:390]
@@ -86,9 +135,54 @@ def test_scores_of_real_digits_and_independent_recomputation(tmp_path, digits16)
                        ("KID", want_kid)]:
         assert got[name] == pytest.approx(want, rel=1e-5, abs=1e-7), name
     assert got["IS"] > 8.0 and got["FID"] < 5.0
+    _check_new_scores(got, ev, np.asarray(feats), np.asarray(logits), ys[:390], images, labels)
     # Real scans as samples: every class as diverse as the real ones (no collapse).
     assert diversity.minimum == diversity.ratios.min() > 0.85 and diversity.ratios.max() < 1.2
     assert diversity.collapsed_classes == [] and diversity.threshold == 0.6
+
+
+def _check_new_scores(got, ev, feats, logits, ys, images, labels):
+    """Precision... against the core functions and prdc, intra-FID against the real
+    features' own per-class statistics, sample accuracy against argmax by hand."""
+    real, _ = digits_net.extract(digits_net.load_variables(), images)
+    real = np.asarray(real)
+    # 1797 real scans < the pool's cap: the pool is all of them, in order; 390 samples
+    # against 390 of them (a fixed random choice).
+    np.testing.assert_array_equal(ev.reference.kid_features, real)
+    rows = np.sort(np.random.RandomState(ev.kid_seed).permutation(len(real))[:len(feats)])
+    want = manifold.manifold_metrics(real[rows], feats, k=3).to_scalars()
+    prdc = pytest.importorskip("prdc")
+    independent = prdc.compute_prdc(real[rows], feats, nearest_k=3)
+    for name in want:
+        assert got[name] == want[name], name
+        assert got[name] == pytest.approx(independent[name], rel=1e-12), name
+    # Measured: precision 0.915, recall 0.936, density 0.913, coverage 0.918, intra-FID
+    # 7.72 (39 samples a class in 64-d: biased upwards), sample accuracy 0.987.
+    assert min(got[n] for n in ("precision", "recall", "coverage")) > 0.8
+    intra = conditional.intra_fid(feats, ys, real, labels, 10).to_scalars()
+    for name, value in intra.items():
+        assert got[name] == pytest.approx(value, rel=1e-9), name
+    hits = np.argmax(logits, 1) == ys
+    assert got["sample_accuracy"] == pytest.approx(hits.mean(), rel=1e-12)
+    for c in range(10):
+        assert got[f"sample_accuracy/{c}"] == pytest.approx(hits[ys == c].mean(), rel=1e-12)
+
+
+def test_real_digits_sample_accuracy_through_the_evaluator(tmp_path, digits16):
+    """All 1797 real scans (16 px, as the quick start) with their true labels, scored as
+    samples: the classifier reads 98.1% of them as their class."""
+    images, labels = digits16
+    eval_cfg, data_cfg = _configs(tmp_path)
+    ev = Evaluator.create(eval_cfg, data_cfg, parallel.create_mesh(), _batches(images, labels))
+    features, logits = ev.features([images])
+    got = ev.score(features, logits, labels, 10)
+    # Measured: 1762 of 1797, 98.1%.
+    assert got["sample_accuracy"] == pytest.approx(1762 / 1797, rel=1e-12)
+    # The real scans against themselves: each ball holds its centre and the k - 1 nearest
+    # others (the k-th lies on its edge, not inside), so density is exactly 1 too.
+    assert got["precision"] == got["recall"] == got["coverage"] == got["density"] == 1.0
+    # Measured: -6.8e-7 (sqrtm's round-off).
+    assert got["intra_fid"] == pytest.approx(0.0, abs=1e-5)
 
 
 def test_collapse_check_names_exactly_the_classes_that_ignore_z(tmp_path, digits16):
@@ -207,8 +301,8 @@ def test_digits_classifier_reads_held_out_scans():
 def test_evaluation_imports_without_tensorflow_or_torch():
     code = ("import sys\n"
             "for name in ('tensorflow', 'tensorflow_datasets', 'torch'): sys.modules[name] = None\n"
-            "from sagan_jax.evaluation import convert, digits_net, evaluator, inception, "
-            "reference, resize, scores\n")
+            "from sagan_jax.evaluation import conditional, convert, digits_net, evaluator, "
+            "inception, manifold, reference, resize, scores\n")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

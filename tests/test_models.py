@@ -41,7 +41,9 @@ def test_parameter_counts_equal_the_original(resolution, classes, attention, g_c
     assert _param_count(d_vars["params"]) == d_count
 
 
-@pytest.mark.parametrize("resolution", sorted(ARCHITECTURES))
+# The tables above 32 px take the longest to build and run here: slow.
+@pytest.mark.parametrize("resolution", [
+    pytest.param(r, marks=pytest.mark.slow) if r > 32 else r for r in sorted(ARCHITECTURES)])
 @pytest.mark.parametrize("classes", [0, 5])
 def test_shapes_and_range_of_every_table(resolution, classes):
     arch = get_architecture(resolution)

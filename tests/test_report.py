@@ -72,9 +72,15 @@ def workdirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     # case_a: scores.csv; its training log's scores differ and must be ignored.
     a = write_workdir(root, "case_a", config([8], math.inf, "/data/a"))
-    # A column the report does not know ("extra"), which it must ignore.
+    # A column the report does not know ("extra"), which it must ignore; the new scores
+    # at step 3000 only (empty cells elsewhere), and other values at the 2000 samples.
+    new = {(3000, 10000): dict(precision=0.75, recall=0.5, density=1.125, coverage=0.625,
+                               intra_fid=40.25, sample_accuracy=0.875),
+           (3000, 2000): dict(precision=0.0, recall=0.0, density=0.0, coverage=0.0,
+                              intra_fid=1.0, sample_accuracy=0.0)}
     rows = [dict(step=s, generator=g, num_samples=n, feature_net="inception", protocol="tf",
-                 IS=i, IS_std=0.1, FID=f, KID=0.01, extra="")
+                 IS=i, IS_std=0.1, FID=f, KID=0.01, extra="",
+                 **(new.get((s, n), {}) if g == "ema" else {}))
             for s, g, n, i, f in [
                 (1000, "ema", 10000, 5.125, 40.0), (2000, "ema", 10000, 6.5, 30.25),
                 (3000, "ema", 10000, 6.25, 25.5),
@@ -82,13 +88,16 @@ def workdirs(tmp_path_factory):
                 (1000, "raw", 10000, 7.0, 2.0), (3000, "raw", 10000, 8.0, 3.0)]]
     workdir_lib.write_scores_csv(a, rows)
     train_a = losses(1.0, 0.5)
-    train_a[2000].update({"eval/ema/IS": 99.0, "eval/ema/FID": 99.0})
+    train_a[2000].update({"eval/ema/IS": 99.0, "eval/ema/FID": 99.0, "eval/ema/recall": 0.0})
     write_clu(a, train_a)
-    # case_b: in-training scores of the EMA G (clu tensors), no scores.csv.
+    # case_b: in-training scores of the EMA G (clu tensors), no scores.csv; precision and
+    # recall, none of the other new scores.
     b = write_workdir(root, "case_b", config([], 0.5, "/data/b"))
     train_b = losses(1.5, 0.25)
-    for step, is_, fid in [(500, 4.0, 60.0), (1000, 5.875, 35.0), (1500, 5.5, 37.75)]:
-        train_b[step] = {**train_b.get(step, {}), "eval/ema/IS": is_, "eval/ema/FID": fid}
+    for step, is_, fid, p, r in [(500, 4.0, 60.0, 0.25, 0.125), (1000, 5.875, 35.0, 0.5, 0.25),
+                                 (1500, 5.5, 37.75, 0.375, 0.75)]:
+        train_b[step] = {**train_b.get(step, {}), "eval/ema/IS": is_, "eval/ema/FID": fid,
+                         "eval/ema/precision": p, "eval/ema/recall": r}
     write_clu(b, train_b)
     # case_c: classic scalars, only the raw G scored; a config section the others lack.
     c = write_workdir(root, "case_c", config([8], math.inf, "/data/c",
@@ -115,15 +124,28 @@ def test_table_has_the_known_numbers_and_only_differing_settings(workdirs, tmp_p
     head, rows = table(markdown)
     assert head == ["case", "model.g_attention", "monitor.d_jump_threshold",
                     "update_rule.d_loss_limit", "best IS", "step", "best FID", "step",
-                    "final IS", "final FID", "final step", "scored"]
+                    "final IS", "final FID", "final precision", "final recall",
+                    "final density", "final coverage", "final intra-FID",
+                    "final sample accuracy", "final step", "scored"]
     assert rows["case_a"] == ["case_a", "[8]", "–", "inf", "6.500", "2000", "25.50", "3000",
-                              "6.250", "25.50", "3000", "ema, 10000 samples, scores.csv"]
+                              "6.250", "25.50", "0.750", "0.500", "1.125", "0.625", "40.25",
+                              "0.875", "3000", "ema, 10000 samples, scores.csv"]
     assert rows["case_b"] == ["case_b", "[]", "–", "0.5", "5.875", "1000", "35.00", "1000",
-                              "5.500", "37.75", "1500", "ema, 10000 samples, training log"]
+                              "5.500", "37.75", "0.375", "0.750", "–", "–", "–", "–", "1500",
+                              "ema, 10000 samples, training log"]
     assert rows["case_c"] == ["case_c", "[8]", "4", "inf", "3.500", "2000", "70.50", "2000",
-                              "3.500", "70.50", "2000", "raw, 10000 samples, training log"]
+                              "3.500", "70.50", "–", "–", "–", "–", "–", "–", "2000",
+                              "raw, 10000 samples, training log"]
     assert "![IS and FID over training](report_scores.png)" in markdown
     assert "![D and G loss over training](report_losses.png)" in markdown
+
+
+def test_table_leaves_out_scores_that_no_run_has(workdirs, tmp_path):
+    head, _ = table(report.write_report(workdirs[2:], str(tmp_path / "c.md")))
+    assert head[-4:] == ["final IS", "final FID", "final step", "scored"]
+    head, _ = table(report.write_report(workdirs[1:], str(tmp_path / "bc.md")))
+    assert head[-6:] == ["final IS", "final FID", "final precision", "final recall",
+                         "final step", "scored"]
 
 
 def test_plots_overlay_every_run(workdirs, tmp_path):

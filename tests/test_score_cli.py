@@ -15,12 +15,15 @@ import jax
 import pytest
 from compiled_once import PROGRAMS
 
-from sagan_jax import checkpointing, data, gan as gan_lib, parallel, score, train
+from sagan_jax import checkpointing, data, gan as gan_lib, parallel, report, score, train
 from sagan_jax import workdir as workdir_lib
 from sagan_jax.evaluation.evaluator import Evaluator
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_SAMPLES = 64
+# The new scores' scalars (CSV columns, TensorBoard tags) and their per-class JSON values.
+NEW_SCALARS = ("precision", "recall", "density", "coverage", "intra_fid", "sample_accuracy")
+PER_CLASS = ("intra_fid", "sample_accuracy")
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +71,13 @@ def test_scores_every_checkpoint_with_both_generators(run):
         assert list(by[3, weights]["diversity_ratio"]) == [str(c) for c in range(10)]
         for c, ratio in by[3, weights]["diversity_ratio"].items():
             assert ratio == pytest.approx(expected[f"diversity_ratio/{c}"], rel=1e-6, abs=1e-9)
+        for name in NEW_SCALARS:
+            assert by[3, weights][name] == pytest.approx(expected[name], rel=1e-6, abs=1e-9)
+        for name in PER_CLASS:
+            values = by[3, weights][f"{name}_by_class"]
+            assert list(values) == [str(c) for c in range(10)]
+            for c, value in values.items():
+                assert value == pytest.approx(expected[f"{name}/{c}"], rel=1e-6, abs=1e-9)
     assert by[3, "ema"]["FID"] != by[3, "raw"]["FID"]
     assert {r["protocol"] for r in rows} == {
         "64 samples, IS over 10 splits, FID/KID vs 1797 real images"}
@@ -79,7 +89,17 @@ def test_scores_every_checkpoint_with_both_generators(run):
         table = list(csv.DictReader(f))
     assert [(int(r["step"]), r["generator"], float(r["FID"])) for r in table] == [
         (r["step"], r["generator"], r["FID"]) for r in rows]
+    for name in NEW_SCALARS:  # Scalars in the CSV; the per-class values stay in the JSON.
+        assert [float(r[name]) for r in table] == [r[name] for r in rows], name
+    assert not any("/" in column or "by_class" in column for column in table[0])
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(out))
+    events = report.read_scalars(out)
+    for r in rows:
+        for name in NEW_SCALARS + tuple(f"{n}/{c}" for n in PER_CLASS for c in range(10)):
+            score_name, _, c = name.partition("/")
+            value = r[f"{score_name}_by_class"][c] if c else r[name]
+            steps, values = events[f"{r['generator']}/{name}"]
+            assert values[list(steps).index(r["step"])] == pytest.approx(value, rel=1e-6), name
 
     # One step only: the same numbers (same key), and the CSV keeps every step once.
     again = score.evaluate_workdir(workdir, step=3, num_samples=NUM_SAMPLES,

@@ -68,7 +68,8 @@ def event_tags(workdir):
 @pytest.mark.parametrize("name,classes", [
     pytest.param("digits", 10, marks=pytest.mark.smoke),
     *(pytest.param(name, classes, marks=pytest.mark.slow) for name, classes in (
-        ("cifar10", 10), ("stl10", 10), ("flowers", 102), ("animeface", 102)))])
+        ("cifar10", 10), ("stl10", 10), ("flowers", 102), ("animeface", 102),
+        ("imagenet128", 1000)))])
 def test_config_test_variant_trains_end_to_end(name, classes, tmp_path, monkeypatch):
     # TFDS's mock data stands in for the download; this machine may be offline.
     monkeypatch.setattr(tfds_datasets, "unreachable", lambda server: None)
@@ -104,7 +105,10 @@ def test_config_test_variant_trains_end_to_end(name, classes, tmp_path, monkeypa
     assert {"train/d_loss", "train/g_loss", "samples", "steps_per_sec"} <= tags
     if name == "digits":
         assert {"eval/ema/IS", "eval/ema/FID", "eval/ema/KID", "eval/ema/diversity_ratio_min",
-                "eval/ema/diversity_ratio/0"} <= tags
+                "eval/ema/diversity_ratio/0", "eval/ema/precision", "eval/ema/recall",
+                "eval/ema/density", "eval/ema/coverage", "eval/ema/intra_fid",
+                "eval/ema/intra_fid/0", "eval/ema/sample_accuracy",
+                "eval/ema/sample_accuracy/9"} <= tags
     elif name == "cifar10":  # No Inception weights: the collapse check runs in D's features.
         assert {"eval/ema/d_features/diversity_ratio_min",
                 "eval/ema/d_features/diversity_ratio/9"} <= tags

@@ -56,6 +56,29 @@ def test_scores_are_read_per_generator_at_the_largest_sample_count(tmp_path):
         scores["raw"].best("IS")
 
 
+def test_new_scores_are_columns_and_curves_and_their_classes_stay_in_the_json(tmp_path):
+    new = dict(precision=0.75, recall=0.5, density=1.125, coverage=0.625, intra_fid=12.5,
+               sample_accuracy=0.875)
+    by_class = dict(intra_fid_by_class={"0": 10.0, "1": 15.0},
+                    sample_accuracy_by_class={"0": 1.0, "1": 0.75})
+    workdir_lib.write_step_scores(tmp_path, 4, [score_row(4, "ema", 64, 6.5, 2.0, **new,
+                                                          **by_class)])
+    workdir_lib.write_step_scores(tmp_path, 2, [score_row(2, "ema", 64, 6.0, 3.0,
+                                                          precision=0.25)])
+    step_4 = json.loads((tmp_path / "eval" / "step_0000004.json").read_text())[0]
+    assert {k: step_4[k] for k in by_class} == by_class
+    assert (tmp_path / "eval" / "scores.csv").read_text().splitlines() == [
+        "step,generator,num_samples,IS,FID,precision,recall,density,coverage,intra_fid,"
+        "sample_accuracy", "2,ema,64,6.0,3.0,0.25,,,,,", "4,ema,64,6.5,2.0,0.75,0.5,1.125,"
+        "0.625,12.5,0.875"]
+    curves = workdir_lib.read_scores(tmp_path)["ema"].curves
+    assert list(curves) == list(workdir_lib.SCORED)
+    np.testing.assert_array_equal(curves["precision"][1], [0.25, 0.75])
+    for name, value in new.items():
+        np.testing.assert_array_equal(curves[name][0], [2, 4])
+        assert curves[name][1][1] == value, name
+
+
 def test_scores_without_sample_counts_keep_every_row(tmp_path):
     workdir_lib.write_scores_csv(tmp_path, [dict(step=5, generator="raw", IS=3.0),
                                             dict(step=7, generator="raw", IS=3.5)])

@@ -77,6 +77,12 @@ def class_diversity(features: np.ndarray, labels: np.ndarray, num_classes: int) 
     return out
 
 
+def class_names(num_classes: int) -> list[str]:
+    """Class indices zero-padded to one width, so that the names sort as the classes."""
+    width = len(str(num_classes - 1))
+    return [f"{c:0{width}d}" for c in range(num_classes)]
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class ClassDiversity:
     """Per-class ratios of generated to real diversity, and the classes below a threshold.
@@ -129,10 +135,7 @@ class ClassDiversity:
     @property
     def classes(self) -> list[str]:
         """The name of each ratio: 'all', or the class index zero-padded."""
-        if not self.conditional:
-            return ["all"]
-        width = len(str(len(self.ratios) - 1))
-        return [f"{c:0{width}d}" for c in range(len(self.ratios))]
+        return class_names(len(self.ratios)) if self.conditional else ["all"]
 
     @property
     def collapsed(self) -> np.ndarray:

@@ -1,10 +1,13 @@
-"""IS, FID and KID of a generator, batched and sharded over the device mesh.
+"""IS, FID, KID and the other scores of a generator, batched and sharded over the mesh.
 
     ev = Evaluator.create(config.eval, config.data, mesh,
                           real_batches=lambda: ds.eval_iterator(config.eval.batch_size))
     scores, diversity = ev.evaluate(generate, num_classes, num_samples, key,
                                     config.monitor.collapse_threshold)
-    # scores: {'IS', 'IS_std', 'FID', 'KID'}; diversity: the class-wise collapse check.
+    # scores: {'IS', 'IS_std', 'FID', 'KID', 'precision', 'recall', 'density',
+    #          'coverage'}, for a conditional G also 'intra_fid' and 'intra_fid/<class>',
+    #          and with the digits net 'sample_accuracy' and 'sample_accuracy/<class>';
+    # diversity: the class-wise collapse check.
 
 Generation is the caller's (`generate(key, labels)`, normally compiled and sharded);
 the feature network runs as one compiled `shard_map` over the data axis, so every device
@@ -12,6 +15,16 @@ scores its slice of each batch. Features come back to the host one batch behind 
 device (so transfers overlap compute), and the scores are computed there in float64
 (`scores.py`). Each sample's label depends only on `key` and its index, so, for a given
 set of images, the scores do not depend on the eval batch size.
+
+Precision, recall, density and coverage (`manifold.py`, k = `eval.nearest_k`) compare
+equal numbers of real and generated samples, as their papers do: n = min(num_samples,
+the reference's real pool (`reference.KID_POOL_SIZE`, 10,000, or all real images when
+fewer)); the generated side is the first n samples, the real side a fixed random n of the
+pool (seed `eval.kid_seed`). Intra-FID (`conditional.py`) is computed for a conditional
+G against the reference's per-class statistics (skipped, with a log line, where the
+reference keeps none, or where a class has fewer than 2 samples); sample accuracy
+(the share of samples that the classifier labels as their class) only with the digits
+net, the one feature network that is a classifier of the generator's classes.
 
 With `eval.feature_net='inception'` and no converted weights, `create` logs one warning
 that says how to get them and returns None (training goes on without scores), unless
@@ -30,7 +43,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 
 from sagan_jax import parallel
-from sagan_jax.evaluation import digits_net, inception, reference, scores
+from sagan_jax.evaluation import conditional, digits_net, inception, manifold, reference, scores
 from sagan_jax.evaluation.diversity import ClassDiversity
 
 _PRECISIONS = {"highest": jax.lax.Precision.HIGHEST, "default": jax.lax.Precision.DEFAULT}
@@ -91,7 +104,8 @@ class Evaluator:
           variables: the feature network's variables.
           mesh: 1-D data mesh; `eval_cfg.batch_size` must divide over it.
           eval_cfg: the config's `eval` section (batch_size: images per generate call;
-            splits: IS splits; kid_subsets, kid_subset_size, kid_seed: KID's subsets).
+            splits: IS splits; kid_subsets, kid_subset_size, kid_seed: KID's subsets;
+            nearest_k: the k of precision, recall, density and coverage).
         """
         parallel.check_divisible(eval_cfg.batch_size, mesh)
         self.feature_net = feature_net
@@ -101,6 +115,8 @@ class Evaluator:
         self.kid_subsets = eval_cfg.kid_subsets
         self.kid_subset_size = eval_cfg.kid_subset_size
         self.kid_seed = eval_cfg.kid_seed
+        # Configs written before nearest_k existed score with the papers' k.
+        self.nearest_k = eval_cfg.get("nearest_k", manifold.NEAREST_K)
         self.reference: reference.ReferenceStats | None = None
         self._sqrt_sigma_ref: np.ndarray | None = None
         self._variables = jax.device_put(variables, parallel.replicated_sharding(mesh))
@@ -217,12 +233,15 @@ class Evaluator:
             (monitor.collapse_threshold).
 
         Returns:
-          ({'IS', 'IS_std', 'FID', 'KID'} as Python floats, the class-wise collapse
+          (the scores as Python floats: 'IS', 'IS_std', 'FID', 'KID', 'precision',
+          'recall', 'density', 'coverage', and where they apply (see the module
+          docstring) 'intra_fid' and 'sample_accuracy' with their per-class values
+          'intra_fid/<class>' and 'sample_accuracy/<class>'; the class-wise collapse
           check: `ClassDiversity`).
         """
         features, logits, labels = self.generated_features(generate, num_classes, num_samples,
                                                            key)
-        return (self.score(features, logits),
+        return (self.score(features, logits, labels, num_classes),
                 self.diversity(features, labels, num_classes, collapse_threshold))
 
     def generated_features(self, generate: Callable, num_classes: int, num_samples: int,
@@ -263,12 +282,50 @@ class Evaluator:
             reference.class_diversity(features, labels, num_classes, self.kid_seed), real,
             collapse_threshold, conditional=bool(num_classes))
 
-    def score(self, features: np.ndarray, logits: np.ndarray) -> dict[str, float]:
-        """IS of `logits`, FID and KID of `features` against the reference statistics."""
+    def score(self, features: np.ndarray, logits: np.ndarray, labels: np.ndarray | None = None,
+              num_classes: int = 0) -> dict[str, float]:
+        """IS of `logits`; FID, KID, precision, recall, density and coverage of `features`
+        against the reference statistics; for a conditional G (`num_classes` > 0, with
+        each sample's `labels`) intra-FID and, with the digits net, sample accuracy."""
         is_mean, is_std = scores.inception_score(logits, self.splits)
         mu, sigma = scores.gaussian_stats(features)
         ref = self.reference
         fid = scores.frechet_distance(mu, sigma, ref.mu, ref.sigma, self._sqrt_sigma_ref)
         kid, _ = scores.kernel_inception_distance(features, ref.kid_features, self.kid_subsets,
                                                   self.kid_subset_size, self.kid_seed)
-        return {"IS": is_mean, "IS_std": is_std, "FID": fid, "KID": kid}
+        out = {"IS": is_mean, "IS_std": is_std, "FID": fid, "KID": kid,
+               **self.manifold_scores(features).to_scalars()}
+        if num_classes:
+            out.update(self.intra_fid(features, labels, num_classes))
+            if self.feature_net == "digits":
+                out.update(conditional.SampleAccuracy.from_predictions(
+                    logits, labels, num_classes).to_scalars())
+        return out
+
+    def manifold_scores(self, features: np.ndarray) -> manifold.ManifoldMetrics:
+        """Precision, recall, density and coverage of `features` against as many real
+        features of the reference's pool (see the module docstring)."""
+        pool = self.reference.kid_features
+        n = min(len(pool), len(features))
+        real = pool[np.sort(np.random.RandomState(self.kid_seed).permutation(len(pool))[:n])]
+        return manifold.manifold_metrics(real, features[:n], self.nearest_k)
+
+    def intra_fid(self, features: np.ndarray, labels: np.ndarray,
+                  num_classes: int) -> dict[str, float]:
+        """'intra_fid' and 'intra_fid/<class>' of a conditional G's features; {} (and a
+        log line) where the reference keeps no per-class statistics of each of its classes
+        (too many to cache, or a class with fewer than 2 real images) or a class has fewer
+        than 2 samples."""
+        ref = self.reference
+        kept = int(np.isfinite(ref.class_mu[:num_classes]).all(axis=1).sum())
+        if kept < num_classes:
+            logging.info("No intra-FID: the reference statistics keep per-class statistics "
+                         "of %d of the generator's %d classes.", kept, num_classes)
+            return {}
+        fewest = int(np.bincount(labels, minlength=num_classes).min())
+        if fewest < 2:
+            logging.info("No intra-FID: a class has %d generated samples (2 needed); "
+                         "score more samples.", fewest)
+            return {}
+        return conditional.intra_fid_from_stats(features, labels, ref.class_mu[:num_classes],
+                                                ref.class_sigma[:num_classes]).to_scalars()
