@@ -80,6 +80,7 @@ def setup(tmp_path_factory):
                 expected=[t.numpy() for t in expected])
 
 
+@pytest.mark.slow
 def test_network_matches_pytorch_fid(setup):
     out = inception.InceptionV3().apply(setup["variables"], setup["x299"])
     pool3, unbiased, logits = setup["expected"]

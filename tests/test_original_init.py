@@ -99,6 +99,7 @@ def _layers_with_bias(params, prefix=()):
             yield "/".join(prefix), np.asarray(value)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("resolution", [48, 96])
 def test_only_layers_without_sn_get_nonzero_biases(resolution):
     """48/96 px: G's output conv has no SN; 96 px: nor has D's dense (docs/original.md)."""
@@ -148,6 +149,7 @@ def original_model_at_init(seed=0):
     return g_vars, d_vars
 
 
+@pytest.mark.slow
 def test_one_power_step_underestimates_every_layers_norm():
     """At init, each SN'd layer's spectral norm after division (svd / sigma) is >= 1."""
     g_vars, d_vars = original_model_at_init()

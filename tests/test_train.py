@@ -257,6 +257,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_one_before(reference_run, t
     assert len(os.listdir(os.path.join(workdir, checkpointing.CORRUPT_DIR))) == 1
 
 
+@pytest.mark.slow
 def test_checkpoints_of_another_architecture_are_refused_and_kept(reference_run, tmp_path):
     source, _ = reference_run
     workdir = str(tmp_path / "run")
