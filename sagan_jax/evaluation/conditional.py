@@ -18,6 +18,7 @@ Classes are named by their index, zero-padded to the width of the largest, as in
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import numpy as np
 
@@ -35,8 +36,37 @@ def _check_labels(what: str, rows: int, labels: np.ndarray, num_classes: int) ->
                          f"{labels.min()}..{labels.max()}; pass the dataset's class count.")
 
 
+class _PerClassScore:
+    """A score with a value per class and one over all: its names and scalars.
+
+    Subclasses set `NAME` and give `_values()` (one per class) and `_overall()`.
+    """
+
+    NAME: ClassVar[str]
+
+    def _values(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def _overall(self) -> float:
+        raise NotImplementedError
+
+    @property
+    def classes(self) -> list[str]:
+        """The name of each class: its index, zero-padded."""
+        return class_names(len(self._values()))
+
+    def by_class(self) -> dict[str, float]:
+        """{class name: value}, in class order."""
+        return {name: float(v) for name, v in zip(self.classes, self._values())}
+
+    def to_scalars(self) -> dict[str, float]:
+        """'<NAME>/<class>' per class and 'NAME' over all."""
+        per_class = {f"{self.NAME}/{name}": v for name, v in self.by_class().items()}
+        return {**per_class, self.NAME: self._overall()}
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
-class IntraFID:
+class IntraFID(_PerClassScore):
     """The FID of each class's generated samples against the class's real images.
 
     Build it with `intra_fid`.
@@ -45,6 +75,8 @@ class IntraFID:
       values: float64 (C,), the FID of each class.
     """
 
+    NAME = "intra_fid"
+
     values: np.ndarray
 
     @property
@@ -52,19 +84,11 @@ class IntraFID:
         """Intra-FID: the mean of the classes' FIDs."""
         return float(np.mean(self.values))
 
-    @property
-    def classes(self) -> list[str]:
-        """The name of each value: the class index, zero-padded."""
-        return class_names(len(self.values))
+    def _values(self) -> np.ndarray:
+        return self.values
 
-    def by_class(self) -> dict[str, float]:
-        """{class name: FID}, in class order."""
-        return {name: float(v) for name, v in zip(self.classes, self.values)}
-
-    def to_scalars(self) -> dict[str, float]:
-        """'intra_fid/<class>' per class and their mean 'intra_fid'."""
-        per_class = {f"intra_fid/{name}": v for name, v in self.by_class().items()}
-        return {**per_class, "intra_fid": self.mean}
+    def _overall(self) -> float:
+        return self.mean
 
 
 def intra_fid(features: np.ndarray, labels: np.ndarray, real_features: np.ndarray,
@@ -147,7 +171,7 @@ def intra_fid_from_stats(features: np.ndarray, labels: np.ndarray, real_mu: np.n
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class SampleAccuracy:
+class SampleAccuracy(_PerClassScore):
     """How many samples of each class a classifier labels as their conditioning class.
 
     Build it with `from_predictions`.
@@ -156,6 +180,8 @@ class SampleAccuracy:
       correct: int64 (C,), samples of each class labelled as that class.
       counts: int64 (C,), samples of each class.
     """
+
+    NAME = "sample_accuracy"
 
     correct: np.ndarray
     counts: np.ndarray
@@ -198,16 +224,8 @@ class SampleAccuracy:
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(self.counts > 0, self.correct / self.counts, np.nan)
 
-    @property
-    def classes(self) -> list[str]:
-        """The name of each class: its index, zero-padded."""
-        return class_names(len(self.counts))
+    def _values(self) -> np.ndarray:
+        return self.per_class
 
-    def by_class(self) -> dict[str, float]:
-        """{class name: accuracy}, in class order."""
-        return {name: float(a) for name, a in zip(self.classes, self.per_class)}
-
-    def to_scalars(self) -> dict[str, float]:
-        """'sample_accuracy/<class>' per class and over all samples 'sample_accuracy'."""
-        per_class = {f"sample_accuracy/{name}": a for name, a in self.by_class().items()}
-        return {**per_class, "sample_accuracy": self.overall}
+    def _overall(self) -> float:
+        return self.overall
