@@ -2,16 +2,16 @@
 
 Workload: `--num_fake` generated and `--num_real` real features of `--dim` dimensions
 (standard normal float32: the cost does not depend on the values), k = 3, `--block` rows
-of one set against the whole other set at a time (sagan_jax/evaluation/manifold.py).
-Three passes of distances, each N x N x D multiply-adds: real-real and generated-generated
-for the k-NN radii, then real-generated for the four scores.
+of both sets stacked against all of them at a time (sagan_jax/evaluation/manifold.py):
+one pass of (N_real + N_fake)^2 x D multiply-adds gives the k-NN radii and the four
+scores together.
 
 Rows ("batch" = generated samples scored, against `--num_real` real ones; "ms/iter" = the
 whole computation): "compile" = tracing and compiling the k-NN program for these shapes;
 "PRDC" = one call of `manifold.manifold_metrics` (host centring and transfers included,
 compiled already); "intra-FID" = `conditional.intra_fid` over `--classes` equal classes
-(host float64, for comparison; 0 skips it). TFLOP/s counts the three passes' matrix
-products (2 N_a N_b D FLOPs each). Memory: "host MiB" = how far the process's peak
+(host float64, for comparison; 0 skips it). TFLOP/s counts the matrix products
+(2 (N_real + N_fake)^2 D FLOPs). Memory: "host MiB" = how far the process's peak
 RSS rose during the row (the inputs, already there, not counted); "device MiB" = the
 accelerator's peak bytes in use as JAX reports them (inputs included; '-' on CPU).
 
@@ -64,19 +64,18 @@ def main() -> None:
     rng = np.random.default_rng(0)
     real = rng.standard_normal((args.num_real, args.dim), dtype=np.float32)
     fake = rng.standard_normal((args.num_fake, args.dim), dtype=np.float32)
-    shapes = [jax.ShapeDtypeStruct(x.shape, np.float32) for x in (real, fake)]
+    points = jax.ShapeDtypeStruct((args.num_real + args.num_fake, args.dim), np.float32)
     # The program `manifold_metrics` runs, compiled alone; its call then reuses it.
     counts = manifold._counts  # pylint: disable=protected-access
-    t_compile, m_compile = measured(
-        lambda: counts.lower(*shapes, k=args.k, block=args.block).compile())
+    t_compile, m_compile = measured(lambda: counts.lower(
+        points, num_real=args.num_real, k=args.k, block=args.block).compile())
     result = {}
     t_prdc, m_prdc = measured(
         lambda: result.setdefault("m", manifold.manifold_metrics(real, fake, args.k)).k)
     d_prdc = device_peak_mib()
     rows = [("compile", t_compile, m_compile, float("nan"), 0.0),
             (f"PRDC k={args.k}", t_prdc, m_prdc, d_prdc,
-             2.0 * (args.num_real ** 2 + args.num_fake ** 2 + args.num_real * args.num_fake)
-             * args.dim)]
+             2.0 * (args.num_real + args.num_fake) ** 2 * args.dim)]
     if args.classes:
         fake_labels = np.arange(args.num_fake) % args.classes
         real_labels = np.arange(args.num_real) % args.classes

@@ -21,15 +21,16 @@ torch-fidelity and NVlabs' code test distance <= radius; the two differ only whe
 distance equals a radius exactly (duplicated or lattice-valued features).
 
 The distances are computed in JAX (float32, `Precision.HIGHEST`) as
-|a|^2 + |b|^2 - 2 a.b, one block of `BLOCK` rows against the whole other set at a time,
-so a distance matrix is never held whole (50,000 x 50,000 would be 10 GB); per block only
-what the scores need is kept: each row's k-th nearest neighbour, and for the cross
-distances each real row's recall and coverage and each generated sample's count of real
-balls. The features are first centred (`_centre`), which keeps the identity's
-cancellation to float32 rounding of the distances themselves: on 10,000 real and 10,000
-generated Inception-like 2048-d features (non-negative, correlated) all four scores equal
-prdc's, which uses float64 distances. Cost (benchmarks/metrics_benchmark.py, 2-core CPU):
-50,000 x 50,000 in 2048-d take 308 s and 2.3 GiB of host memory beyond the inputs'.
+|a|^2 + |b|^2 - 2 a.b, for one block of `BLOCK` rows of both sets stacked against all of
+them at a time, so a distance matrix is never held whole (100,000 x 100,000 would be
+40 GB); from each row of distances come its own radius and its comparisons with the other
+set's points, so an exact tie (a memorised copy of a real image) is decided on numbers
+from one product, whatever the shapes. Per block only what the scores need is kept. The
+features are first centred (`_centre`), which keeps the identity's cancellation to
+float32 rounding of the distances themselves: on 10,000 real and 10,000 generated
+Inception-like 2048-d features (non-negative, correlated) all four scores equal prdc's,
+which uses float64 distances. Cost (benchmarks/metrics_benchmark.py, 2-core CPU):
+50,000 x 50,000 in 2048-d take 248 s and 2.9 GiB of host memory beyond the inputs.
 No TensorFlow.
 """
 from __future__ import annotations
@@ -43,9 +44,9 @@ import numpy as np
 
 # Neighbours that define a point's ball (Kynkaanniemi et al. 2019; Naeem et al. use 5).
 NEAREST_K = 3
-# Rows of a set compared at once with the whole other set: memory is about
-# 4 * BLOCK * N bytes per (BLOCK, N) distance block (200 MB at N = 50,000).
-BLOCK = 1024
+# Rows compared at once with both sets: memory is about 4 * BLOCK * N bytes per
+# (BLOCK, N) distance block, N real and generated samples together (200 MB at 100,000).
+BLOCK = 512
 # Rows of the real features whose spread sets the grid of the centre (`_centre`).
 _SPREAD_ROWS = 1000
 
@@ -118,51 +119,49 @@ def _kth_smallest(d, k: int):
     return kth
 
 
-def _row_blocks(x, x_sq, block: int, *extra):
-    """(rows, squared norms, row indices, *extra) of `x`, padded and split into blocks."""
+def _row_blocks(x, x_sq, block: int):
+    """(rows, squared norms, row indices) of `x`, padded and split into blocks."""
     n = x.shape[0]
     num_blocks = -(-n // block)
     pad = num_blocks * block - n
     split = lambda v: jnp.pad(v, [(0, pad)] + [(0, 0)] * (v.ndim - 1)).reshape(
         (num_blocks, block) + v.shape[1:])
-    return (split(x), split(x_sq), jnp.arange(num_blocks * block).reshape(num_blocks, block),
-            *map(split, extra))
+    return split(x), split(x_sq), jnp.arange(num_blocks * block).reshape(num_blocks, block)
 
 
-def _kth_neighbour_sq(x, x_sq, k: int, block: int):
-    """Squared distance of each row of `x` to its k-th nearest other row."""
-    columns = jnp.arange(x.shape[0])
+@functools.partial(jax.jit, static_argnames=("num_real", "k", "block"))
+def _counts(points, num_real: int, k: int, block: int):
+    """(real balls containing each generated sample, recalled reals, covered reals).
+
+    `points` holds the real rows, then the generated rows. Each block of rows meets all
+    of `points` in one product, and each row's radius and the comparisons with it come
+    from that one row of distances: a distance that equals a radius exactly (a generated
+    copy of a real image and that image's k-th neighbour) is then computed by the same
+    arithmetic on both sides and stays equal, whatever the set sizes or the block.
+    """
+    n = points.shape[0]
+    points_sq = jnp.sum(points * points, axis=1)
+    columns = jnp.arange(n)
+    real_column = columns < num_real
 
     def one_block(carry, blocks):
+        in_balls, recalled = carry
         rows, rows_sq, index = blocks
-        d2 = _sq_distances(rows, rows_sq, x, x_sq)
-        d2 = jnp.where(index[:, None] == columns[None, :], jnp.inf, d2)  # Not itself.
-        return carry, _kth_smallest(d2, k)
+        real_row = index < num_real
+        same_set = real_row[:, None] == real_column[None, :]
+        d2 = _sq_distances(rows, rows_sq, points, points_sq)
+        own = jnp.where(same_set & (index[:, None] != columns[None, :]), d2, jnp.inf)
+        radii = _kth_smallest(own, k)
+        # A row's ball over the other set; padded rows (index >= n) have no ball.
+        inside = (d2 < radii[:, None]) & ~same_set & (index < n)[:, None]
+        in_balls = in_balls + jnp.sum(inside & real_row[:, None], axis=0, dtype=jnp.int32)
+        recalled = recalled | jnp.any(inside & ~real_row[:, None], axis=0)
+        return (in_balls, recalled), jnp.any(inside, axis=1) & real_row
 
-    _, radii = jax.lax.scan(one_block, None, _row_blocks(x, x_sq, block))
-    return radii.reshape(-1)[:x.shape[0]]
-
-
-@functools.partial(jax.jit, static_argnames=("k", "block"))
-def _counts(real, fake, k: int, block: int):
-    """(real balls containing each generated sample, recalled reals, covered reals)."""
-    real_sq = jnp.sum(real * real, axis=1)
-    fake_sq = jnp.sum(fake * fake, axis=1)
-    real_radii = _kth_neighbour_sq(real, real_sq, k, block)
-    fake_radii = _kth_neighbour_sq(fake, fake_sq, k, block)
-
-    def one_block(in_balls, blocks):
-        rows, rows_sq, index, radii = blocks
-        d2 = _sq_distances(rows, rows_sq, fake, fake_sq)
-        inside = d2 < radii[:, None]  # Padded rows have radius 0: nothing is inside.
-        recalled = jnp.any(d2 < fake_radii[None, :], axis=1) & (index < real.shape[0])
-        covered = jnp.any(inside, axis=1)
-        return in_balls + inside.sum(axis=0, dtype=jnp.int32), (recalled, covered)
-
-    in_balls, (recalled, covered) = jax.lax.scan(
-        one_block, jnp.zeros(fake.shape[0], jnp.int32),
-        _row_blocks(real, real_sq, block, real_radii))
-    return in_balls, recalled.sum(), covered.sum()
+    (in_balls, recalled), covered = jax.lax.scan(
+        one_block, (jnp.zeros(n, jnp.int32), jnp.zeros(n, bool)),
+        _row_blocks(points, points_sq, block))
+    return in_balls[num_real:], recalled.sum(), covered.sum()
 
 
 def manifold_metrics(real_features: np.ndarray, fake_features: np.ndarray,
@@ -193,9 +192,9 @@ def manifold_metrics(real_features: np.ndarray, fake_features: np.ndarray,
         raise ValueError("the features contain NaN or infinity; check the feature network.")
     dtype = np.result_type(real.dtype, np.float32)  # float64 input is centred in float64.
     centre = _centre(real).astype(dtype)
+    points = np.concatenate([real - centre, fake - centre]).astype(np.float32, copy=False)
     in_balls, recalled, covered = _counts(
-        jnp.asarray((real - centre).astype(np.float32, copy=False)),
-        jnp.asarray((fake - centre).astype(np.float32, copy=False)), k=k, block=BLOCK)
+        jnp.asarray(points), num_real=len(real), k=k, block=BLOCK)
     in_balls = np.asarray(in_balls, np.int64)
     return ManifoldMetrics(
         precision=float(np.mean(in_balls > 0)), recall=int(recalled) / len(real),
