@@ -27,9 +27,11 @@ them at a time, so a distance matrix is never held whole (100,000 x 100,000 woul
 set's points, so an exact tie (a memorised copy of a real image) is decided on numbers
 from one product, whatever the shapes. Per block only what the scores need is kept. The
 features are first centred (`_centre`), which keeps the identity's cancellation to
-float32 rounding of the distances themselves: on 10,000 real and 10,000 generated
-Inception-like 2048-d features (non-negative, correlated) all four scores equal prdc's,
-which uses float64 distances. Cost (benchmarks/metrics_benchmark.py, 2-core CPU):
+float32 rounding of the distances themselves. Against prdc, which uses float64
+distances, on 10,000 real and 10,000 generated Inception-like 2048-d features
+(non-negative and correlated: ReLU of mixed Gaussians): precision, recall and coverage
+are equal, and density differs in one of its 31,347 ball memberships (1.0449 against
+1.04487), a distance within float32 rounding of a radius. Cost (benchmarks/metrics_benchmark.py, 2-core CPU):
 50,000 x 50,000 in 2048-d take 248 s and 2.9 GiB of host memory beyond the inputs.
 No TensorFlow.
 """
