@@ -27,7 +27,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 startup.define_flags()
 
 # Errors a user can cause (bad paths, bad values, a NaN run): shown as their one line.
-USER_ERRORS = (ValueError, OSError, FloatingPointError)
+USER_ERRORS = (ValueError, OSError, FloatingPointError, startup.OtherProcessFailed)
 # The exit status of a run stopped by SIGTERM (128 + 15, as if the signal had ended it):
 # a loop that restarts the command until it succeeds resumes it.
 PREEMPTED_STATUS = 143

@@ -7,11 +7,16 @@ runs under `jax.pmap(..., axis_name=DATA_AXIS)`, which the tests use as a refere
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from sagan_jax import startup
+
+T = TypeVar("T")
 
 DATA_AXIS = "data"
 
@@ -45,6 +50,48 @@ def check_divisible(global_batch: int, mesh: Mesh) -> None:
             f"batch size {global_batch} is not divisible by the {n} devices of the mesh; "
             f"set --config.train.batch_size to a multiple of {n}."
         )
+
+
+def together(fn: Callable[[], T], what: str) -> T:
+    """`fn()` on every process, which then agree: where it raised anywhere, all stop.
+
+    Without this, a process whose data is missing would stop while the others wait for
+    it in their first collective, for as long as the cluster's timeout. Every process
+    must call it, at the same point.
+
+    Args:
+      fn: the work of this process.
+      what: what it does, for the other processes' error ('opening the dataset').
+
+    Returns:
+      `fn()`'s result, where it succeeded on every process.
+
+    Raises:
+      The error of `fn` on the processes where it raised; `startup.OtherProcessFailed`, naming
+      them, on the others.
+    """
+    if jax.process_count() == 1:
+        return fn()
+    error, result = None, None
+    try:
+        result = fn()
+    except Exception as e:  # pylint: disable=broad-except
+        error = e
+    failed = np.flatnonzero(multihost_utils.process_allgather(np.int32(error is not None)))
+    if error is not None:
+        raise error
+    if len(failed):
+        raise startup.OtherProcessFailed(
+            f"{what} failed on process(es) {', '.join(map(str, failed))} (its own log says "
+            "why); every process stops.")
+    return result
+
+
+def on_any_process(flag: bool) -> bool:
+    """Whether `flag` is true on any process (every process must call it)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
 
 
 def data_parallel(fn: Callable, mesh: Mesh, in_specs, out_specs, donate_argnums=()) -> Callable:

@@ -296,6 +296,11 @@ def init(coordinator_address: str | None = None, num_processes: int | None = Non
     backend.check(jax.default_backend(), allow_cpu or jax.config.jax_platforms == "cpu")
 
 
+class OtherProcessFailed(RuntimeError):
+    """Raised on every other process where one process of a run failed at a step that
+    they take together (`parallel.together`)."""
+
+
 def one_line(error: BaseException | str) -> str:
     """The message of `error` on one line; for a wrapped traceback, its last line.
 
