@@ -14,7 +14,10 @@ the feature network runs as one compiled `shard_map` over the data axis, so ever
 scores its slice of each batch. Features come back to the host one batch behind the
 device (so transfers overlap compute), and the scores are computed there in float64
 (`scores.py`). Each sample's label depends only on `key` and its index, so, for a given
-set of images, the scores do not depend on the eval batch size.
+set of images, the scores do not depend on the eval batch size. In a run of several
+processes every process takes part in each batch and gets all the features, and the
+reference statistics are computed by all processes together from their own shares of the
+real images (`real_features`): the same statistics as one process's.
 
 Precision, recall, density and coverage (`manifold.py`, k = `eval.nearest_k`) compare
 equal numbers of real and generated samples, as their papers do: n = min(num_samples,
@@ -54,24 +57,38 @@ def _to_host(x: jax.Array) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def _rebatch(arrays: Iterable[np.ndarray], batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
-    """Re-cut a stream of (b, ...) arrays into (batch_size, ...) ones, the last zero-padded.
+def _rebatch(parts: Iterable[tuple[np.ndarray, ...]],
+             batch_size: int) -> Iterator[tuple[tuple[np.ndarray, ...], int]]:
+    """Re-cut a stream of tuples of (b, ...) arrays into (batch_size, ...) ones, the last
+    zero-padded.
 
-    Yields (batch, number of real rows in it).
+    Yields (the tuple's re-cut arrays, number of real rows in them).
     """
     buffer, held = [], 0
-    for array in arrays:
-        array = np.asarray(array, np.float32)
-        buffer.append(array)
-        held += len(array)
+    for part in parts:
+        buffer.append(part)
+        held += len(part[0])
         while held >= batch_size:
-            merged = np.concatenate(buffer)
-            yield merged[:batch_size], batch_size
-            buffer, held = [merged[batch_size:]], held - batch_size
+            merged = [np.concatenate(arrays) for arrays in zip(*buffer)]
+            yield tuple(a[:batch_size] for a in merged), batch_size
+            buffer, held = [tuple(a[batch_size:] for a in merged)], held - batch_size
     if held:
-        merged = np.concatenate(buffer)
-        pad = np.zeros((batch_size - held,) + merged.shape[1:], merged.dtype)
-        yield np.concatenate([merged, pad]), held
+        merged = [np.concatenate(arrays) for arrays in zip(*buffer)]
+        yield tuple(np.concatenate([a, np.zeros((batch_size - held,) + a.shape[1:], a.dtype)])
+                    for a in merged), held
+
+
+_END = object()
+
+
+def _with_more(items: Iterable) -> Iterator[tuple[object, bool]]:
+    """(item, whether another item follows it) of each item (one read ahead)."""
+    iterator = iter(items)
+    current = next(iterator, _END)
+    while current is not _END:
+        following = next(iterator, _END)
+        yield current, following is not _END
+        current = following
 
 
 def _feature_network(eval_cfg):
@@ -138,9 +155,11 @@ class Evaluator:
             not comparable), KID's subsets).
           data_cfg: the config's `data` section (names the reference statistics).
           mesh: 1-D data mesh.
-          real_batches: returns one pass over the real images, dicts with 'image'
-            float32 (b, H, W, C) in [-1, 1] and int 'label' (b,); called only when the
-            cache is missing.
+          real_batches: returns one pass over this process's share of the real images
+            (see `real_features`), dicts with 'image' float32 (b, H, W, C) in [-1, 1] and
+            int 'label' (b,); called only when the cache is missing. Then all processes
+            compute the statistics together (the same on each, whatever the process
+            count), process 0 writes the cache, and all wait for it.
           required: raise (instead of warning and returning None) without weights.
 
         Returns:
@@ -155,24 +174,27 @@ class Evaluator:
             return None
         ev = cls(name, extract, variables, mesh, eval_cfg)
         path = reference.cache_path(eval_cfg.stats_dir, name, data_cfg)
-        if path.exists():
+        cached = np.asarray(multihost_utils.process_allgather(np.int32(path.exists())), bool)
+        if cached.all():
             stats = reference.ReferenceStats.load(path)
         else:
-            if jax.process_count() > 1:
-                raise ValueError(f"reference statistics {path} are missing; compute them "
-                                 f"once in a single-process run, then copy the file there.")
+            # All processes compute them together. Process 0 writes the file; where it
+            # already had one, the processes that lack it look in folders of their own
+            # (eval.stats_dir on each host's disk) and each writes its copy.
+            if cached.any():
+                logging.warning("Reference statistics %s are missing on processes %s of %d "
+                                "(eval.stats_dir is not one shared folder); computing them "
+                                "again.", path, np.flatnonzero(~cached).tolist(), len(cached))
             logging.info("Computing %s reference statistics -> %s", name, path)
-            labels = []
-
-            def images():
-                for batch in real_batches():
-                    labels.append(np.asarray(batch["label"]))
-                    yield batch["image"]
-
-            features = ev.features(images())[0]
-            stats = reference.ReferenceStats.from_features(features, np.concatenate(labels),
+            features, labels = ev.real_features(real_batches())
+            stats = reference.ReferenceStats.from_features(features, labels,
                                                            seed=eval_cfg.kid_seed)
-            stats.save(path)
+            index = jax.process_index()
+            writes = not cached[index] and (index == 0 or cached[0])
+            # Also the barrier: no process reads on before the file is written, and where
+            # writing fails (a read-only bucket) every process stops.
+            parallel.together(lambda: stats.save(path) if writes else None,
+                              f"writing reference statistics {path}")
         ev.set_reference(stats)
         logging.info("Reference statistics: %d real images (%s)", stats.num_examples, path)
         return ev
@@ -213,10 +235,66 @@ class Evaluator:
         return np.concatenate(features), np.concatenate(logits)
 
     def features(self, images: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """(features, logits) on the host of a stream of host image batches of any size."""
+        """(features, logits) on the host of a stream of host image batches of any size
+        (in a run of several processes, each passes the same images)."""
         sharding = parallel.batch_sharding(self.mesh)
+        parts = ((np.asarray(x, np.float32),) for x in images)
         return self._run((jax.device_put(batch, sharding), n)
-                         for batch, n in _rebatch(images, self.batch_size))
+                         for (batch,), n in _rebatch(parts, self.batch_size))
+
+    def real_features(self, batches: Iterable[dict]) -> tuple[np.ndarray, np.ndarray]:
+        """(features, labels) of the real images of all processes, in the dataset's order.
+
+        Every process passes its own share, in order, in batches of any size: process p
+        of P holds examples p, p + P, p + 2P, ... (`sources.process_share`). Each global
+        batch is every process's next rows (zero-padded where a share ends, also where
+        shares differ in length), and each row's place in the dataset and its label go
+        to the devices and back with it, so every process gets the same rows in the same
+        order, whatever the process count. The processes learn that none has rows left
+        one batch behind, with the features, so one all-padding batch is extracted and
+        dropped at the end.
+
+        Args:
+          batches: this process's share: dicts with 'image' float32 (b, H, W, C) in
+            [-1, 1] and int 'label' (b,).
+        """
+        count, index = jax.process_count(), jax.process_index()
+        sharding = parallel.batch_sharding(self.mesh)
+        local = sum(d.process_index == index for d in self.mesh.devices.flat)
+        local_size = self.batch_size * local // self.mesh.devices.size
+        parts = ((np.asarray(b["image"], np.float32), np.asarray(b["label"], np.int32))
+                 for b in batches)
+        shares = _with_more(_rebatch(parts, local_size))
+        features, rows, pending, taken, padding = [], [], None, 0, None
+        while True:
+            item = next(shares, None)
+            if item is not None:
+                ((images, labels), n), more = item
+                if padding is None:
+                    padding = np.zeros_like(images), np.zeros_like(labels)
+            elif padding is None:
+                raise ValueError(f"process {index} has no real images; every process needs "
+                                 f"its share of the dataset.")
+            else:  # This share has ended: zeros while others still have rows.
+                (images, labels), n, more = padding, 0, False
+            # Columns: the row's place in the dataset (-1: padding), its label, and
+            # whether this process has rows after this batch.
+            place = np.where(np.arange(local_size) < n,
+                             (taken + np.arange(local_size)) * count + index, -1)
+            info = np.stack([place, labels, np.full(local_size, more)], 1).astype(np.int32)
+            taken += n
+            current = (self._extract(self._variables,
+                                     jax.make_array_from_process_local_data(sharding, images))[0],
+                       jax.make_array_from_process_local_data(sharding, info))
+            if pending is not None:
+                features.append(_to_host(pending[0]))
+                rows.append(_to_host(pending[1]))
+                if not rows[-1][:, 2].any():  # `current` is all padding.
+                    break
+            pending = current
+        rows = np.concatenate(rows)
+        order = np.argsort(rows[:, 0], kind="stable")[np.sum(rows[:, 0] < 0):]
+        return np.concatenate(features)[order], rows[order, 1]
 
     def evaluate(self, generate: Callable, num_classes: int, num_samples: int, key: jax.Array,
                  collapse_threshold: float) -> tuple[dict[str, float], ClassDiversity]:
