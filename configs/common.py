@@ -68,6 +68,14 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.data.resize = "bilinear"
     c.data.center_crop = True  # False stretches non-square images to the square.
     c.data.prefetch = 2  # Batches prepared ahead of the step (0 = none).
+    # 'memory' decodes the dataset once and holds it; 'streamed' reads each batch when it
+    # is needed (grain; folders and TFDS datasets prepared as ArrayRecord); 'auto' streams
+    # where this process's decoded share would fill more than a quarter of the memory.
+    c.data.pipeline = "auto"
+    c.data.read_threads = 8  # Streamed: batches decoded at once, in threads of each process.
+    # Streamed: grain worker processes that decode (0 = threads of the training process).
+    c.data.workers = 0
+    c.data.random_flip = False  # Mirror each image with probability 1/2 (not the original's).
 
     c.optim = ml_collections.ConfigDict()
     c.optim.g_lr, c.optim.d_lr = TTUR_LRS

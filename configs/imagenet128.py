@@ -44,13 +44,17 @@ differentiates through the power step; its training loop stops at 2M steps, the 
 and its README say 1M.
 
 Data: TFDS `imagenet2012` (`sagan_jax/data/tfds_datasets.py`), train split (1,281,167
-images), centre square resized to 128 px, decoded into memory once, each process its
-share: about 63 GB of uint8 images at 128 px in all, so a pod's hosts (or the streamed
-input path), not one machine. TFDS cannot download ImageNet: put
-ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in a folder for
---config.data.manual_dir, or prepare it once into a bucket (`tfds build imagenet2012
---manual_dir=... --data_dir=gs://BUCKET/tensorflow_datasets`) and pass that as
---data-dir; without either a run stops at the start with one line saying so. 1M steps at
+images), centre square resized to 128 px, streamed (`data.pipeline='streamed'`,
+sagan_jax/data/streaming.py): each host decodes only the rows of each batch that its
+chips train on, from TFDS's ArrayRecord files, so no host holds the 63 GB of decoded
+images, and nothing is decoded again at a restart. TFDS cannot download ImageNet:
+prepare it once as ArrayRecord into a bucket that all hosts read (`tfds build
+imagenet2012 --file_format=array_record --manual_dir=DIR_WITH_THE_TARS
+--data_dir=gs://BUCKET/tensorflow_datasets`, DIR_WITH_THE_TARS holding
+ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar) and pass that as --data-dir; or,
+on one machine, pass the tars' folder as --config.data.manual_dir and the run prepares
+it; without either the run stops at the start with one line saying so. A copy prepared
+before as TFRecord stops it with one line that says how to convert it. 1M steps at
 batch 256 are ~200 epochs. On a v4-32 (4 workers, 16 chips) or a v5e-16 (4 workers, 16
 chips):
 
@@ -75,6 +79,7 @@ def get_config(arg=None):
     args = common.parse_arg(arg, {"attention": int, "test": bool})
     c = common.get_base_config()
     c.data.name = "imagenet2012"
+    c.data.pipeline = "streamed"
     c.model.resolution = 128
     attention = ATTENTION[common.choose(args.get("attention"), 64, ATTENTION)]
     c.model.g_attention = c.model.d_attention = attention

@@ -199,7 +199,9 @@ def test_a_shared_data_dir_is_prepared_by_process_0_first(tmp_path, monkeypatch,
     events = []
     monkeypatch.setattr(jax, "process_index", lambda: process)
     monkeypatch.setattr(jax, "process_count", lambda: 2)
-    monkeypatch.setattr(multihost_utils, "sync_global_devices", lambda name: events.append("wait"))
+    # The processes' exchange of whether each succeeded (`parallel.together`): none failed.
+    monkeypatch.setattr(multihost_utils, "process_allgather",
+                        lambda ok: events.append("wait") or np.zeros(2, np.int32))
     config = importlib.import_module("configs.cifar10").get_config("test")
     config.data.data_dir = "gs://bucket/tensorflow_datasets"
     prepared = tmp_path / "bucket" / "tensorflow_datasets" / "cifar10" / VERSION
@@ -209,7 +211,7 @@ def test_a_shared_data_dir_is_prepared_by_process_0_first(tmp_path, monkeypatch,
         tfds_datasets._prepared_builder(  # pylint: disable=protected-access
             "cifar10", tfds_datasets.TFDS_DATASETS["cifar10"], config.data, fake_tfds(events))
     prepare = ("prepare", "gs://bucket/tensorflow_datasets")
-    assert events == ([prepare, "wait"] if process == 0 else ["wait", prepare])
+    assert events == ([prepare, "wait", "wait"] if process == 0 else ["wait", prepare, "wait"])
 
 
 def public_bucket(root, versions):

@@ -235,8 +235,8 @@ def test_imagenet_without_its_archives_stops_at_once_with_one_line(tmp_path):
 def test_tfds_datasets(name, variant, split, size, num_classes):
     with tfds.testing.mock_data(num_examples=12):
         ds = data.create_dataset(
-            data_config(name=name, variant=variant, image_size=size, channels=3), 8, seed=1,
-            mesh=mesh_of(2))
+            data_config(name=name, variant=variant, image_size=size, channels=3,
+                        pipeline="memory"), 8, seed=1, mesh=mesh_of(2))
         raw = list(tfds.builder(name).as_dataset(split=split).as_numpy_iterator())
     assert (ds.num_examples, ds.num_classes, ds.image_size, ds.channels) == (
         12, num_classes, size, 3)

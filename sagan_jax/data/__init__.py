@@ -1,5 +1,6 @@
-"""Datasets: sources decoded once into memory (`sources` and its registry), batched and
-sharded over the data mesh (`pipeline`).
+"""Datasets: sources (`sources` and its registry) decoded once into memory or streamed
+batch by batch with grain (`streaming`), as `data.pipeline` chooses; batched and sharded
+over the data mesh (`pipeline`).
 
     ds = data.create_dataset(config.data, config.train.batch_size, config.train.seed, mesh)
     dispatches = ds.plan_iterator(periods.chunks(start_step, k), k)  # (first, count, batches)

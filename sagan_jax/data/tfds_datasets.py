@@ -21,7 +21,7 @@ import functools
 import socket
 import urllib.parse
 import urllib.request
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 from etils import epath
@@ -44,12 +44,15 @@ class TfdsSpec:
       source_files: what TFDS downloads; the names it looks for in `manual_dir`.
       server: where TFDS downloads them from (scheme and host); '' when TFDS cannot
         download them (they must be in `manual_dir`).
+      examples: variant -> examples of its split (TFDS's catalogue), known before the
+        data is prepared (`data.pipeline='auto'`).
       labelled: the variants whose labels are classes.
     """
 
     splits: dict[str, str]
     source_files: tuple[str, ...]
     server: str
+    examples: dict[str, int]
     labelled: tuple[str, ...] = ("labelled",)
 
 
@@ -58,15 +61,31 @@ class TfdsSpec:
 # all splits. ImageNet 2012: train (1,281,167 images), as the SAGAN paper.
 TFDS_DATASETS = {
     "cifar10": TfdsSpec({"labelled": "train"}, ("cifar-10-binary.tar.gz",),
-                        "https://www.cs.toronto.edu"),
+                        "https://www.cs.toronto.edu", {"labelled": 50_000}),
     "stl10": TfdsSpec({"labelled": "train+test", "unlabelled": "unlabelled"},
-                      ("stl10_binary.tar.gz",), "http://ai.stanford.edu"),
+                      ("stl10_binary.tar.gz",), "http://ai.stanford.edu",
+                      {"labelled": 13_000, "unlabelled": 100_000}),
     "oxford_flowers102": TfdsSpec({"labelled": "train+validation+test"},
                                   ("102flowers.tgz", "imagelabels.mat", "setid.mat"),
-                                  "https://www.robots.ox.ac.uk"),
+                                  "https://www.robots.ox.ac.uk", {"labelled": 8_189}),
     "imagenet2012": TfdsSpec({"labelled": "train"},
-                             ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"), ""),
+                             ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"), "",
+                             {"labelled": 1_281_167}),
 }
+
+
+def _split(name: str, data_cfg) -> tuple[TfdsSpec, str]:
+    """(the dataset's spec, the TFDS split of `data.variant`)."""
+    spec = TFDS_DATASETS[name]
+    if data_cfg.variant not in spec.splits:
+        raise ValueError(f"dataset '{name}' has no variant '{data_cfg.variant}'; set "
+                         f"--config.data.variant to one of {', '.join(spec.splits)}.")
+    return spec, spec.splits[data_cfg.variant]
+
+
+def _num_classes(builder, spec: TfdsSpec, variant: str) -> int:
+    """Label classes of `variant`; 0 for unlabelled data, which TFDS labels -1."""
+    return builder.info.features["label"].num_classes if variant in spec.labelled else 0
 
 
 def load(name: str, data_cfg, preprocess, process_index: int,
@@ -75,40 +94,94 @@ def load(name: str, data_cfg, preprocess, process_index: int,
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-    spec = TFDS_DATASETS[name]
-    variant = data_cfg.variant
-    if variant not in spec.splits:
-        raise ValueError(f"dataset '{name}' has no variant '{variant}'; set "
-                         f"--config.data.variant to one of {', '.join(spec.splits)}.")
+    spec, split = _split(name, data_cfg)
     builder = _prepared_builder(name, spec, data_cfg, tfds)
-    split = tfds.split_for_jax_process(spec.splits[variant], process_index=process_index,
+    split = tfds.split_for_jax_process(split, process_index=process_index,
                                        process_count=process_count, drop_remainder=True)
     ds = builder.as_dataset(split=split, shuffle_files=False)
     ds = ds.map(lambda ex: (preprocess(ex["image"]), tf.cast(ex["label"], tf.int32)),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(1024)
     chunks = list(ds.as_numpy_iterator())
     images = np.concatenate([c[0] for c in chunks])
-    labels = np.concatenate([c[1] for c in chunks])
-    if variant not in spec.labelled:
-        # TFDS labels unlabelled examples -1; they train unconditionally, with label 0.
-        return sources.Examples(images, np.zeros_like(labels), 0)
-    return sources.Examples(images, labels, builder.info.features["label"].num_classes)
+    num_classes = _num_classes(builder, spec, data_cfg.variant)
+    labels = np.concatenate([c[1] for c in chunks]) if num_classes else np.zeros(len(images),
+                                                                                  np.int32)
+    return sources.Examples(images, labels, num_classes)
 
 
-def _prepared_builder(name: str, spec: TfdsSpec, data_cfg, tfds):
+def _count(name: str, data_cfg) -> int:
+    spec, _ = _split(name, data_cfg)  # Checks the variant.
+    return spec.examples[data_cfg.variant]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TfdsRecords:
+    """Random access to a TFDS split prepared as ArrayRecord: example i decoded when read.
+
+    Attributes:
+      source: TFDS's data source of the split (`builder.as_data_source`), which decodes
+        an example's JPEG or PNG on the host without TensorFlow.
+      num_classes: label classes (0: unlabelled, label 0).
+      preprocess: resizing to the training size.
+    """
+
+    source: Any
+    num_classes: int
+    preprocess: sources.Preprocess
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        example = self.source[index]
+        label = int(example["label"]) if self.num_classes else 0
+        return self.preprocess.image(np.asarray(example["image"])), label
+
+
+def records(name: str, data_cfg, preprocess: sources.Preprocess) -> TfdsRecords:
+    """Random access to TFDS dataset `name`, prepared as ArrayRecord where TFDS prepares it.
+
+    Raises:
+      ValueError: a copy prepared before in another file format (TFRecord), which TFDS
+        cannot read at random, with the command that prepares it as ArrayRecord.
+    """
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+    spec, split = _split(name, data_cfg)
+
+    def not_random_access(error: Exception) -> ValueError:
+        reason = (str(error).splitlines() or [""])[0][:200]
+        return ValueError(
+            f"TFDS '{name}' cannot be read at random where it is prepared ({reason}): "
+            f"streaming reads ArrayRecord files; prepare them with `tfds build {name} "
+            "--file_format=array_record --data_dir=DIR` (or convert the copy with `tfds "
+            "convert_format`), or set --config.data.pipeline=memory.")
+
+    try:
+        builder = _prepared_builder(name, spec, data_cfg, tfds, file_format="array_record")
+        source = builder.as_data_source(split=split)
+    except NotImplementedError as error:  # Prepared in another format before.
+        raise not_random_access(error) from error
+    except ValueError as error:  # TFDS refuses a builder for another format than the copy's.
+        if "file format" not in str(error).lower():
+            raise
+        raise not_random_access(error) from error
+    return TfdsRecords(source, _num_classes(builder, spec, data_cfg.variant), preprocess)
+
+
+def _prepared_builder(name: str, spec: TfdsSpec, data_cfg, tfds, file_format: str | None = None):
     """The TFDS builder with its data prepared, by process 0 first and then by the others
-    (for whom a data_dir shared with process 0 is already prepared)."""
+    (for whom a data_dir shared with process 0 is already prepared). Where it fails on one
+    process, every process stops (`parallel.together`)."""
     import jax  # pylint: disable=g-import-not-at-top
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    from sagan_jax import parallel  # pylint: disable=g-import-not-at-top
 
-    builder = None
-    if jax.process_index() == 0:
-        builder = _prepare(name, spec, data_cfg, tfds)
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices(f"sagan_jax: TFDS {name} prepared")
-        if jax.process_index() > 0:
-            builder = _prepare(name, spec, data_cfg, tfds)
-    return builder
+    prepare = functools.partial(_prepare, name, spec, data_cfg, tfds, file_format=file_format)
+    first = jax.process_index() == 0
+    builder = parallel.together(lambda: prepare() if first else None,
+                                f"preparing '{name}' (process 0)")
+    return parallel.together(lambda: builder if first else prepare(),
+                             f"opening the prepared '{name}'")
 
 
 def unreachable(server: str, timeout: float = 10.0) -> str | None:
@@ -167,7 +240,8 @@ def _read_only(error: Exception) -> PermissionError:
 
 
 def _prepare(name: str, spec: TfdsSpec, data_cfg, tfds,
-             why_unreachable: Callable[[str], str | None] | None = None):
+             why_unreachable: Callable[[str], str | None] | None = None,
+             file_format: str | None = None):
     """The TFDS builder with its data prepared; an offline failure says how to place the data.
 
     Args:
@@ -177,6 +251,8 @@ def _prepare(name: str, spec: TfdsSpec, data_cfg, tfds,
       tfds: the `tensorflow_datasets` module.
       why_unreachable: server -> why it cannot be reached, or None (default: the
         module's `unreachable`, looked up when called).
+      file_format: what TFDS writes where it prepares the data ('array_record' for the
+        streamed path; None: TFDS's default, TFRecord).
     """
     why_unreachable = why_unreachable or unreachable
     try_gcs = bool(data_cfg.get("try_gcs", False))
@@ -187,7 +263,8 @@ def _prepare(name: str, spec: TfdsSpec, data_cfg, tfds,
     public = try_gcs or (data_dir or "").startswith(PUBLIC_BUCKET)
     if public:
         data_dir = _public_data_dir(name, tfds, why_unreachable)
-    builder = tfds.builder(name, data_dir=data_dir)
+    builder = tfds.builder(name, data_dir=data_dir,
+                           **({"file_format": file_format} if file_format else {}))
     manual = data_cfg.manual_dir and all(
         (epath.Path(data_cfg.manual_dir) / f).exists() for f in spec.source_files)
     # Prepared: what `builder.is_prepared()` checks, without its warning where it is not.
@@ -224,3 +301,5 @@ def _prepare(name: str, spec: TfdsSpec, data_cfg, tfds,
 
 for _name in TFDS_DATASETS:
     sources.register(_name)(functools.partial(load, _name))
+    sources.register_records(_name, count=functools.partial(_count, _name))(
+        functools.partial(records, _name))
