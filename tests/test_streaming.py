@@ -305,3 +305,25 @@ def test_a_tfds_copy_prepared_as_tfrecord_is_one_line(tmp_path, monkeypatch, fil
     assert "\n" not in message and message.startswith(
         "TFDS 'dummy_dataset' cannot be read at random where it is prepared (")
     assert "tfds build dummy_dataset --file_format=array_record" in message
+
+
+@pytest.mark.parametrize("pipeline_name", ["memory", "streamed"])
+def test_a_file_gone_since_the_listing_stops_the_run_with_one_line(tmp_path, monkeypatch,
+                                                                  pipeline_name):
+    """Not an undecodable image to skip: every other file would fail alike (a folder
+    removed, a bucket unreachable), so the first one stops the run."""
+    for c in "ab":
+        (tmp_path / c).mkdir()
+        for i in range(3):
+            Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / c / f"{i}.png")
+    listing = image_folder.list_image_folder(str(tmp_path))
+    gone = listing.paths[2]
+    os.remove(gone)
+    monkeypatch.setattr(image_folder, "list_image_folder", lambda path, quiet=False: listing)
+    cfg = data_config(name="image_folder", path=str(tmp_path), image_size=4, channels=3,
+                      pipeline=pipeline_name)
+    with pytest.raises(FileNotFoundError) as error:
+        ds = data.create_dataset(cfg, 2, 0, parallel.create_mesh(jax.devices()[:2]))
+        list(ds.eval_iterator(6))
+    assert str(error.value).startswith(f"cannot read image file {gone} (")
+    assert "\n" not in str(error.value)

@@ -152,8 +152,10 @@ def decode_images(paths: Sequence[str], preprocess: Callable,
             try:  # The reason, from a decode of that file alone.
                 sources.decode_file(file, tf)
                 reason = "decoding failed"
-            except tf.errors.OpError as error:
+            except tf.errors.InvalidArgumentError as error:
                 reason = sources.tf_reason(error)
+            except tf.errors.OpError as error:  # Not a bad image: a file that cannot be read.
+                raise sources.unreadable(file, error) from None
             sources.skip(sources.Undecodable(file, reason))
     return np.concatenate(images)[places], good[places]
 

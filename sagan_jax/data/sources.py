@@ -177,13 +177,17 @@ class Preprocess:
 
         Raises:
           Undecodable: the file is not an image that TF decodes.
+          OSError: the file cannot be read (gone since the listing, no permission, an
+            unreachable bucket): not skipped, since every other file would fail alike.
         """
         import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
         try:
             return _compiled(self, "file")(path).numpy()
-        except tf.errors.OpError as error:
+        except tf.errors.InvalidArgumentError as error:
             raise Undecodable(path, tf_reason(error)) from None
+        except tf.errors.OpError as error:
+            raise unreadable(path, error) from None
 
 
 _COMPILED: dict[tuple[Preprocess, str], Callable] = {}
@@ -210,6 +214,16 @@ def _compiled(preprocess: Preprocess, kind: str):
 def decode_file(path, tf):
     """TF ops: the image file at `path` (a string tensor), decoded to uint8 (H, W, 3)."""
     return tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+
+
+def unreadable(path: str, error) -> OSError:
+    """The one-line error for a TF error that reading `path` raised (not a decode's)."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+    kind = {tf.errors.NotFoundError: FileNotFoundError,
+            tf.errors.PermissionDeniedError: PermissionError}.get(type(error), OSError)
+    return kind(f"cannot read image file {path} ({tf_reason(error)}); check that the data "
+                "is still where the run found it at its start.")
 
 
 def tf_reason(error) -> str:
