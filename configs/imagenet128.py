@@ -47,7 +47,10 @@ Data: TFDS `imagenet2012` (`sagan_jax/data/tfds_datasets.py`), train split (1,28
 images), centre square resized to 128 px, streamed (`data.pipeline='streamed'`,
 sagan_jax/data/streaming.py): each host decodes only the rows of each batch that its
 chips train on, from TFDS's ArrayRecord files, so no host holds the 63 GB of decoded
-images, and nothing is decoded again at a restart. TFDS cannot download ImageNet:
+images, and nothing is decoded again at a restart. Two grain worker processes per host
+decode (`data.workers=2`): a host of a v4-32 trains on 64 images a step, 356 a second at
+the 179.6 ms of the original's step on one H100, and a worker here decodes 272-661 a
+second (benchmarks/RESULTS.md, 2026-12-04). TFDS cannot download ImageNet:
 prepare it once as ArrayRecord into a bucket that all hosts read (`tfds build
 imagenet2012 --file_format=array_record --manual_dir=DIR_WITH_THE_TARS
 --data_dir=gs://BUCKET/tensorflow_datasets`, DIR_WITH_THE_TARS holding
@@ -80,6 +83,7 @@ def get_config(arg=None):
     c = common.get_base_config()
     c.data.name = "imagenet2012"
     c.data.pipeline = "streamed"
+    c.data.workers = 0 if args.get("test") else 2  # The test variant decodes in threads.
     c.model.resolution = 128
     attention = ATTENTION[common.choose(args.get("attention"), 64, ATTENTION)]
     c.model.g_attention = c.model.d_attention = attention
