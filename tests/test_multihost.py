@@ -12,7 +12,6 @@ import importlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -23,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from compiled_once import PROGRAMS
+from two_processes import free_port, worker_env
 
 from sagan_jax import checkpointing, data, gan as gan_lib, parallel, startup, train
 from sagan_jax.data import sources
@@ -177,11 +177,6 @@ WORKER = textwrap.dedent("""
 """)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def config4():
     config = importlib.import_module("configs.digits").get_config("test")
@@ -272,9 +267,7 @@ def test_two_processes_train_as_one(tmp_path, monkeypatch):
     out.mkdir()
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "XLA_FLAGS": (
-        "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0 "
-        "--xla_llvm_disable_expensive_passes=true")}
+    env = worker_env()
     log = tmp_path / "workers.log"
     coordinator = f"localhost:{free_port()}"
     started = time.time()

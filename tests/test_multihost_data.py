@@ -14,7 +14,6 @@ import json
 import os
 import pathlib
 import re
-import socket
 import subprocess
 import sys
 import textwrap
@@ -25,6 +24,7 @@ import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
+from two_processes import free_port, worker_env
 
 from configs import common
 from sagan_jax import data, parallel
@@ -144,17 +144,6 @@ WORKER = textwrap.dedent("""
 """)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def two_process_env():
-    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "XLA_FLAGS": (
-        "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0 "
-        "--xla_llvm_disable_expensive_passes=true")}
-
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory) -> pathlib.Path:
@@ -175,7 +164,7 @@ def test_each_process_streams_a_disjoint_complete_share(tree, tmp_path):
     with log.open("w") as log_file:
         workers = [subprocess.Popen(
             [sys.executable, str(script), REPO, str(out), coordinator, str(p), str(tree),
-             *readers[p]], env=two_process_env(), cwd=REPO, stdout=log_file,
+             *readers[p]], env=worker_env(), cwd=REPO, stdout=log_file,
             stderr=subprocess.STDOUT) for p in range(PROCESSES)]
     try:
         # Meanwhile, the reference: one process, 4 devices, the whole of every batch.
@@ -234,7 +223,7 @@ def run_main(tmp_path, paths, pipeline_choice):
     """`python -m sagan_jax.main` as two processes, process p reading `paths[p]`;
     returns each one's (exit status, stderr) and the seconds until both stopped."""
     coordinator = f"localhost:{free_port()}"
-    env = {**two_process_env(), "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}
+    env = {**worker_env(), "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}
     logs = [tmp_path / f"p{p}.err" for p in range(PROCESSES)]
     started = time.time()
     processes = []

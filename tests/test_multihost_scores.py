@@ -15,7 +15,6 @@ imports this module.
 import functools
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -25,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from two_processes import free_port, worker_env
 
 from configs import common, digits
 from sagan_jax import gan as gan_lib, parallel, sampling
@@ -150,11 +150,6 @@ WORKER = textwrap.dedent("""
 """)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def run_pair(tmp_path, num_samples):
     """Starts the two worker processes; returns them and the paths they write."""
@@ -162,9 +157,7 @@ def run_pair(tmp_path, num_samples):
     out.mkdir()
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "XLA_FLAGS": (
-        "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0 "
-        "--xla_llvm_disable_expensive_passes=true")}
+    env = worker_env()
     log = tmp_path / "workers.log"
     coordinator = f"localhost:{free_port()}"
     with log.open("w") as log_file:
