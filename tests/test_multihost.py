@@ -22,13 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from compiled_once import PROGRAMS
-from two_processes import free_port, worker_env
+from two_processes import PROCESSES, REPO, start_workers
 
 from sagan_jax import checkpointing, data, gan as gan_lib, parallel, startup, train
 from sagan_jax.data import sources
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PROCESSES = 2
 LAPTOP = {"HOME": "/home/me", "PATH": "/usr/bin"}
 SLURM = {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "node[1-2]", "SLURM_PROCID": "1",
          "SLURM_LOCALID": "0", "SLURM_NTASKS": "2"}
@@ -265,17 +263,8 @@ def max_abs_difference(a, b):
 def test_two_processes_train_as_one(tmp_path, monkeypatch):
     out, workdir = tmp_path / "out", tmp_path / "two"
     out.mkdir()
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    env = worker_env()
-    log = tmp_path / "workers.log"
-    coordinator = f"localhost:{free_port()}"
     started = time.time()
-    with log.open("w") as log_file:
-        workers = [subprocess.Popen(
-            [sys.executable, str(script), REPO, str(out), coordinator, str(p), str(workdir)],
-            env=env, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT)
-            for p in range(PROCESSES)]
+    workers, log = start_workers(tmp_path, WORKER, out, lambda p: [str(workdir)])
     try:
         # Meanwhile, the reference: one process, 4 devices, the same global batches.
         use_the_two_processes_batches(monkeypatch)

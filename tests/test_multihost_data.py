@@ -11,7 +11,6 @@ coordinator's or the other) is given a data folder that does not exist: it says 
 one line, the other says that it failed, and both stop at once.
 """
 import json
-import os
 import pathlib
 import re
 import subprocess
@@ -24,14 +23,12 @@ import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
-from two_processes import free_port, worker_env
+from two_processes import PROCESSES, REPO, free_port, start_workers, worker_env
 
 from configs import common
 from sagan_jax import data, parallel
 from sagan_jax.data import pipeline
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PROCESSES = 2
 CLASSES = ("a_ant", "b_bee", "c_cat")
 EXAMPLES = 60  # 20 per class; 60 // 8 = 7 batches per epoch, the last 4 files dropped.
 GLOBAL_BATCH = 8
@@ -154,18 +151,10 @@ def tree(tmp_path_factory) -> pathlib.Path:
 def test_each_process_streams_a_disjoint_complete_share(tree, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    coordinator = f"localhost:{free_port()}"
-    log = tmp_path / "workers.log"
     started = time.time()
     # Process 0 reads in 2 threads of its own, process 1 in 3 threads of a grain worker.
     readers = [("2", "0"), ("3", "1")]
-    with log.open("w") as log_file:
-        workers = [subprocess.Popen(
-            [sys.executable, str(script), REPO, str(out), coordinator, str(p), str(tree),
-             *readers[p]], env=worker_env(), cwd=REPO, stdout=log_file,
-            stderr=subprocess.STDOUT) for p in range(PROCESSES)]
+    workers, log = start_workers(tmp_path, WORKER, out, lambda p: [str(tree), *readers[p]])
     try:
         # Meanwhile, the reference: one process, 4 devices, the whole of every batch.
         assert jax.device_count() == 4

@@ -14,9 +14,6 @@ imports this module.
 """
 import functools
 import json
-import os
-import subprocess
-import sys
 import textwrap
 import time
 
@@ -24,15 +21,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from two_processes import free_port, worker_env
+from two_processes import PROCESSES, start_workers
 
 from configs import common, digits
 from sagan_jax import gan as gan_lib, parallel, sampling
 from sagan_jax.evaluation import digits_net, reference
 from sagan_jax.evaluation.evaluator import Evaluator
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PROCESSES = 2
 NUM_SAMPLES = 1000
 STATS = ("mu", "sigma", "kid_features", "num_examples", "diversity", "class_diversity",
          "class_mu", "class_sigma")
@@ -155,17 +150,8 @@ def run_pair(tmp_path, num_samples):
     """Starts the two worker processes; returns them and the paths they write."""
     out, shared, own = tmp_path / "out", tmp_path / "shared", tmp_path / "own"
     out.mkdir()
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    env = worker_env()
-    log = tmp_path / "workers.log"
-    coordinator = f"localhost:{free_port()}"
-    with log.open("w") as log_file:
-        workers = [subprocess.Popen(
-            [sys.executable, str(script), REPO, str(out), coordinator, str(p), str(shared),
-             str(own), str(num_samples)],
-            env=env, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT)
-            for p in range(PROCESSES)]
+    workers, log = start_workers(tmp_path, WORKER, out,
+                                 lambda p: [str(shared), str(own), str(num_samples)])
     return workers, out, shared, own, log
 
 
