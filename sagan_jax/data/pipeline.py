@@ -50,6 +50,12 @@ def to_float(images: np.ndarray) -> np.ndarray:
     return out
 
 
+def batch_too_large(global_batch_size: int, num_examples: int) -> ValueError:
+    """The one-line error for a global batch larger than the dataset (either path)."""
+    return ValueError(f"batch size {global_batch_size} is larger than the dataset "
+                      f"({num_examples} examples); lower --config.train.batch_size.")
+
+
 def local_rows(mesh: Mesh, global_batch_size: int) -> np.ndarray:
     """The rows of a global batch that this process's devices hold, in order."""
     index_map = parallel.batch_sharding(mesh).addressable_devices_indices_map(
@@ -111,9 +117,7 @@ class Dataset:
         self.num_examples = len(images) * process_count
         self.steps_per_epoch = len(images) // self.local_batch_size
         if self.steps_per_epoch == 0:
-            raise ValueError(
-                f"batch size {global_batch_size} is larger than the dataset "
-                f"({self.num_examples} examples); lower --config.train.batch_size.")
+            raise batch_too_large(global_batch_size, self.num_examples)
 
     def _permutation(self, epoch: int) -> np.ndarray:
         cached_epoch, permutation = self._cached_permutation

@@ -13,8 +13,8 @@ the order of `np.random.default_rng([seed, e]).permutation(N)`; global batch `k`
 is dropped, as in memory), and each process reads only the rows of the batch that its
 devices hold. So the processes read disjoint shares that together make every batch, and
 a resumed run starts reading at its checkpoint's step and gets the batches of an unbroken
-run. With `data.random_flip`, example `i` of batch `k` is mirrored where
-`np.random.default_rng([seed, k, 1]).random(global_batch_size)[i] < 0.5`.
+run. With `data.random_flip`, the rows of batch `k` are mirrored by the in-memory path's
+rule (`pipeline.flip`), a function of `(seed, k)` and the row.
 
 grain runs it: a `MapDataset` whose element `k` is this process's part of batch `k`,
 read `data.read_threads` batches at a time ahead of the step, in the training process or,
@@ -152,9 +152,7 @@ class StreamedDataset:
         """
         parallel.check_divisible(global_batch_size, mesh)
         if len(records) < global_batch_size:
-            raise ValueError(
-                f"batch size {global_batch_size} is larger than the dataset "
-                f"({len(records)} examples); lower --config.train.batch_size.")
+            raise pipeline.batch_too_large(global_batch_size, len(records))
         self._threads, self._workers = int(data_cfg.read_threads), int(data_cfg.workers)
         if self._threads < 1 or self._workers < 0:
             raise ValueError(f"data.read_threads={self._threads}, data.workers="
