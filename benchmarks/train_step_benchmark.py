@@ -1,7 +1,8 @@
 """Speed of the compiled train step: ms per iteration, images/s and TFLOP/s.
 
 Workload: configs/cifar10.py (default `case=2`: 32 px, conditional, TTUR, attention, the
-original widths) with a synthetic batch sharded over all devices; one iteration is a G
+original widths) or, with `--workload=digits`, the quick start's configs/digits.py (16 px,
+one channel, width 0.25, batch 64), with a synthetic batch sharded over all devices; one iteration is a G
 step and a D step (n_dis = 1, no D-loss limit), so it runs G three times (two training
 forwards, one backward), D five times (three forwards, two backwards). "img/s" counts the
 global batch of real images per iteration. FLOPs and bytes are XLA's cost analysis of
@@ -9,6 +10,8 @@ the compiled one-iteration program (times the device count); a skipped G step
 (`--n_dis` > 1) is not subtracted, as XLA's count of a conditional covers its costliest
 branch. "fusions" counts the fusion instructions of the optimized HLO.
 
+`--cpu_convolutions` overrides the config's `train.cpu_convolutions` (XLA:CPU's
+convolutions through YNNPACK, 'default', or Eigen, 'eigen').
 `--steps_per_call=K` runs K iterations per call in the step's device-side loop
 (`train_step.make_train_step(..., steps_per_call=K)`); times are still per iteration.
 Each of `--rounds` rounds runs `--steps` iterations without waiting in between; the
@@ -19,6 +22,7 @@ which varies far less than wall time on a shared machine.
   python benchmarks/train_step_benchmark.py --batch_size=16 --steps=3            # CPU
   python benchmarks/train_step_benchmark.py --width=0.125 --steps_per_call=8 --steps=32
   python benchmarks/train_step_benchmark.py --config=lrscale=0 --dtype=bfloat16
+  python benchmarks/train_step_benchmark.py --workload=digits --cpu_convolutions=default
 """
 from __future__ import annotations
 
@@ -35,10 +39,11 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for `configs`
-from configs import cifar10  # pylint: disable=wrong-import-position
+from configs import cifar10, digits  # pylint: disable=wrong-import-position
 from sagan_jax import gan as gan_lib, parallel, train_step  # pylint: disable=wrong-import-position
 
-NUM_CLASSES, CHANNELS = 10, 3
+NUM_CLASSES = 10
+WORKLOADS = {"cifar10": cifar10, "digits": digits}
 
 
 @dataclasses.dataclass
@@ -91,7 +96,7 @@ def compile_step(config: Any, num_classes: int, mesh: Any, steps_per_call: int =
     loop body it counts once (its trip count is a run-time value): one iteration's cost,
     within 0.3% of the one-iteration program's (cifar10 case 2, width 1/8, on CPU).
     """
-    gan = gan_lib.build(config, num_classes, CHANNELS)
+    gan = gan_lib.build(config, num_classes, config.data.channels)
     state = train_step.create_train_state(gan, config, jax.random.key(0))
     state = jax.device_put(state, parallel.replicated_sharding(mesh))
     b, k = config.train.batch_size, steps_per_call
@@ -113,9 +118,15 @@ def compile_step(config: Any, num_classes: int, mesh: Any, steps_per_call: int =
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default="case=2", help="configs/cifar10.py argument")
-    parser.add_argument("--batch_size", type=int, default=64, help="global batch")
-    parser.add_argument("--width", type=float, default=1.0, help="channel multiplier")
+    parser.add_argument("--workload", default="cifar10", choices=sorted(WORKLOADS))
+    parser.add_argument("--config", default=None,
+                        help="the workload's config argument (cifar10: default 'case=2')")
+    parser.add_argument("--batch_size", type=int, default=None,
+                        help="global batch (default: cifar10 64, digits its config's)")
+    parser.add_argument("--width", type=float, default=None,
+                        help="channel multiplier (default: cifar10 1.0, digits its config's)")
+    parser.add_argument("--cpu_convolutions", default=None,
+                        help="train.cpu_convolutions (default: the config's)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--n_dis", type=int, default=1)
     parser.add_argument("--bn_sync", action="store_true")
@@ -127,9 +138,11 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    config = cifar10.get_config(args.config)
-    config.train.batch_size = args.batch_size
-    config.model.width = args.width
+    cifar = args.workload == "cifar10"
+    config = WORKLOADS[args.workload].get_config(args.config or ("case=2" if cifar else None))
+    config.train.batch_size = args.batch_size or (64 if cifar else config.train.batch_size)
+    config.model.width = args.width or (1.0 if cifar else config.model.width)
+    config.train.cpu_convolutions = args.cpu_convolutions or config.train.cpu_convolutions
     config.model.dtype = args.dtype
     config.update_rule.n_dis = args.n_dis
     config.train.bn_sync = args.bn_sync
@@ -145,14 +158,15 @@ def main() -> None:
     device = jax.devices()[0]
     print(f"device          {device.device_kind} x{mesh.devices.size} ({device.platform}), "
           f"jax {jax.__version__}")
-    print(f"config          cifar10 {args.config}, {config.model.resolution} px, width "
-          f"{args.width}, {args.dtype}, n_dis {args.n_dis}, bn_sync {args.bn_sync}")
-    print(f"global batch    {args.batch_size}, {args.steps_per_call} iteration(s) per call")
+    print(f"config          {args.workload} {args.config or ''}, {config.model.resolution} px, "
+          f"width {config.model.width}, {args.dtype}, n_dis {args.n_dis}, bn_sync "
+          f"{args.bn_sync}, cpu_convolutions {config.train.cpu_convolutions}")
+    print(f"global batch    {config.train.batch_size}, {args.steps_per_call} iteration(s) per call")
     print(f"compile         {step.compile_s:.1f} s")
     print(f"step            {wall * 1e3:.1f} ms/iter wall, {cpu * 1e3:.1f} ms/iter CPU "
           f"(median of {args.rounds} rounds of {args.steps} iterations; rounds' wall "
           f"{', '.join(f'{r[0] * 1e3:.0f}' for r in rounds)})")
-    print(f"throughput      {args.batch_size / wall:.1f} img/s")
+    print(f"throughput      {config.train.batch_size / wall:.1f} img/s")
     print(f"XLA FLOPs       {step.flops / 1e9:.2f} GFLOP/iter -> {step.flops / wall / 1e12:.3f} TFLOP/s")
     print(f"XLA bytes       {step.bytes_accessed / 1e9:.2f} GB/iter accessed, {step.fusions} fusions")
     print(f"last D loss     {float(last['d_loss']):.6f}")

@@ -94,7 +94,8 @@ def on_any_process(flag: bool) -> bool:
     return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
 
 
-def data_parallel(fn: Callable, mesh: Mesh, in_specs, out_specs, donate_argnums=()) -> Callable:
+def data_parallel(fn: Callable, mesh: Mesh, in_specs, out_specs, donate_argnums=(),
+                  compiler_options: dict | None = None) -> Callable:
     """`jax.jit(jax.shard_map(fn))` over the data axis.
 
     `fn` is a per-replica function that uses collectives over `DATA_AXIS`. Replication
@@ -102,8 +103,9 @@ def data_parallel(fn: Callable, mesh: Mesh, in_specs, out_specs, donate_argnums=
     explicitly, so gradients of replicated parameters are per-replica values and the
     explicit `pmean` is what averages them (with the checks on, JAX would already have
     summed them and the `pmean` would silently train with N x gradients).
+    `compiler_options` are XLA's, for the compilation (`jax.jit`'s).
     """
     mapped = jax.shard_map(
         fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False
     )
-    return jax.jit(mapped, donate_argnums=donate_argnums)
+    return jax.jit(mapped, donate_argnums=donate_argnums, compiler_options=compiler_options)

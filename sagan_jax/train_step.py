@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import logging
 from flax import struct, traverse_util
 from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
@@ -52,6 +53,11 @@ _D_COLLECTIONS = ["spectral_norm"]
 # XLA:CPU's cheap settings for the initialisation (see `create_train_state`).
 _CHEAP_CPU_COMPILE = {"xla_backend_optimization_level": 0,
                       "xla_llvm_disable_expensive_passes": True}
+# `train.cpu_convolutions`'s choices. XLA:CPU's option lists the fusion kinds it hands to
+# YNNPACK (convolutions among them in jaxlib 0.10-0.12); empty, it hands none, and its
+# convolutions run through Eigen.
+CPU_CONVOLUTIONS = ("default", "eigen")
+_YNNPACK_FUSIONS = "xla_cpu_experimental_ynn_fusion_type"
 
 
 @struct.dataclass
@@ -310,6 +316,43 @@ class TrainStep:
         return self.compiled.lower(state, batches, rng, np.int32(count))
 
 
+def compiler_options(config: Any, mesh: Mesh) -> dict[str, str] | None:
+    """XLA options of the step's compilation for `train.cpu_convolutions` (None: XLA's).
+
+    'eigen' on a CPU mesh turns YNNPACK off, so the convolutions run through Eigen: the
+    faster choice for small ones (the digits quick start's step), the slower for large
+    ones (benchmarks/RESULTS.md). Elsewhere, or where this jaxlib has no such option
+    (a warning says so), the step compiles with XLA's defaults.
+
+    Raises:
+      ValueError: an unknown `train.cpu_convolutions`.
+    """
+    choice = config.train.cpu_convolutions
+    if choice not in CPU_CONVOLUTIONS:
+        raise ValueError(f"unknown train.cpu_convolutions {choice!r}; set it to one of "
+                         f"{list(CPU_CONVOLUTIONS)}.")
+    device = mesh.devices.flat[0]
+    if choice == "default" or device.platform != "cpu":
+        return None
+    if not _accepted(device, _YNNPACK_FUSIONS, ""):
+        logging.warning("train.cpu_convolutions='eigen': jax %s has no XLA option %s, so "
+                        "the step keeps XLA's default convolutions.", jax.__version__,
+                        _YNNPACK_FUSIONS)
+        return None
+    return {_YNNPACK_FUSIONS: ""}
+
+
+@functools.cache
+def _accepted(device: jax.Device, option: str, value: str) -> bool:
+    """Whether XLA compiles a trivial program for `device` with `option=value`."""
+    try:
+        jax.jit(lambda x: x + 1, compiler_options={option: value}).lower(
+            jax.device_put(np.float32(0), device)).compile()
+    except jax.errors.JaxRuntimeError:
+        return False
+    return True
+
+
 def make_train_step(gan: GAN, config: Any, mesh: Mesh, *, steps_per_epoch: int,
                     steps_per_call: int = 1, skip_with_cond: bool | None = None) -> TrainStep:
     """The compiled data-parallel step over `mesh`; it donates the state.
@@ -341,7 +384,8 @@ def make_train_step(gan: GAN, config: Any, mesh: Mesh, *, steps_per_epoch: int,
     per_call = _one_step(single) if steps_per_call == 1 else _step_loop(single, steps_per_call)
     return TrainStep(parallel.data_parallel(
         per_call, mesh, in_specs=(P(), P(None, parallel.DATA_AXIS), P(), P()),
-        out_specs=(P(), P()), donate_argnums=(0,)))
+        out_specs=(P(), P()), donate_argnums=(0,),
+        compiler_options=compiler_options(config, mesh)))
 
 
 def _one_step(single: Callable) -> Callable:
