@@ -109,7 +109,8 @@ def test_bad_settings_raise():
 
 # D's loss at every step of real runs of the digits quick start (`configs/digits.py`,
 # logged with --config.log.every_steps=1; see the headers of the files): as shipped, and
-# without its mode-seeking term (the classes collapse from about step 1,000).
+# without its mode-seeking term (three classes named by the collapse detector at steps
+# 1,000 and 2,000).
 REAL_TRACES = [pathlib.Path(__file__).parent / "data" / name
                for name in ("digits_quick_start_d_loss.txt", "digits_collapsing_d_loss.txt")]
 
