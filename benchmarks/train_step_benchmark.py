@@ -2,9 +2,9 @@
 
 Workload: configs/cifar10.py (default `case=2`: 32 px, conditional, TTUR, attention, the
 original widths) or, with `--workload=digits`, the quick start's configs/digits.py (16 px,
-one channel, width 0.25, batch 64), with a synthetic batch sharded over all devices; one iteration is a G
-step and a D step (n_dis = 1, no D-loss limit), so it runs G three times (two training
-forwards, one backward), D five times (three forwards, two backwards). "img/s" counts the
+one channel, width 0.25, batch 64), with a synthetic batch sharded over all devices; one
+iteration is a G step and a D step (n_dis = 1, no D-loss limit), so it runs G three times
+(two training forwards, one backward), D five times (three forwards, two backwards). "img/s" counts the
 global batch of real images per iteration. FLOPs and bytes are XLA's cost analysis of
 the compiled one-iteration program (times the device count); a skipped G step
 (`--n_dis` > 1) is not subtracted, as XLA's count of a conditional covers its costliest

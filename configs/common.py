@@ -117,9 +117,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     # Matmuls and convolutions of training and in-training scoring: '' leaves JAX's default
     # (TF32 or bf16 passes on GPUs/TPUs); 'highest' is full float32 (no effect on CPU).
     c.train.matmul_precision = ""
-    # XLA:CPU only, the step's convolutions: 'default' (XLA's: YNNPACK) or 'eigen', which is
-    # faster for small ones (digits quick start, 2 cores: 90 vs 129 ms/step) and slower for
-    # large ones (cifar10 case=2, batch 16: 1.63 vs 1.44 s/step; benchmarks/RESULTS.md).
+    # XLA:CPU only, the step's convolutions: 'default' (XLA's: YNNPACK) or 'eigen', faster
+    # for small ones (the digits quick start), slower for large ones (CIFAR-10's); the
+    # figures are in benchmarks/RESULTS.md.
     c.train.cpu_convolutions = "default"
     # JAX's compiled programs, kept for the next start (sagan_jax.startup): '' = ~/.cache/
     # sagan_jax/jax_compilation_cache (or $JAX_COMPILATION_CACHE_DIR), a folder or gs://..., or 'off'.
